@@ -1,0 +1,66 @@
+"""The command line: help on every command, synth end to end, one-line errors without traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "socmap.cli", *args], capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+@pytest.mark.parametrize("command", [[], ["synth"], ["demo"]])
+def test_help(command: list[str]) -> None:
+    result = run(*command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Usage" in result.stdout
+
+
+def test_synth_help_explains_every_option() -> None:
+    out = run("synth", "--help").stdout
+    for option in ("--out", "--resolution", "--seed", "--n-locations", "--region", "--overwrite"):
+        assert option in out
+    assert "metres" in out and "byte-identical" in out
+
+
+def test_version() -> None:
+    from socmap import __version__
+
+    assert run("--version").stdout.strip() == f"socmap {__version__}"
+
+
+def test_synth_cli_writes_data_set(tmp_path: Path) -> None:
+    result = run("synth", "--out", str(tmp_path / "d"), "--resolution", "4000", "--n-locations", "120")
+    assert result.returncode == 0, result.stderr
+    assert "samples at" in result.stdout and "R² ceiling" in result.stdout
+    assert (tmp_path / "d" / "samples.csv").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--resolution", "5"], "--resolution 5.0: expected metres between 30 and 5000"),
+        (["--n-locations", "3"], "--n-locations 3: expected at least 50"),
+        (["--region", "/nonexistent/r.geojson"], "region file /nonexistent/r.geojson does not exist"),
+    ],
+)
+def test_synth_bad_arguments_give_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    result = run("synth", "--out", str(tmp_path / "d"), *args)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_existing_output_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x").write_text("x")
+    result = run("synth", "--out", str(tmp_path / "d"), "--resolution", "4000", "--n-locations", "60")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "pass --overwrite" in result.stderr
