@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from common import Row
 from socmap.synth import synthesize
+
+from common import Row
 
 
 def run(work: Path) -> list[Row]:

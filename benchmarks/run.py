@@ -17,10 +17,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_extraction
 import bench_synth
+
 from common import Row, print_table
 
-SUITES = {"synth": bench_synth.run}
+SUITES = {"synth": bench_synth.run, "extraction": bench_extraction.run}
 
 
 def _cpu_model() -> str:

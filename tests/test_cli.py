@@ -15,7 +15,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("command", [[], ["synth"], ["demo"]])
+@pytest.mark.parametrize("command", [[], ["synth"], ["demo"], ["prepare"]])
 def test_help(command: list[str]) -> None:
     result = run(*command, "--help")
     assert result.returncode == 0, result.stderr
@@ -64,3 +64,28 @@ def test_existing_output_is_refused(tmp_path: Path) -> None:
     result = run("synth", "--out", str(tmp_path / "d"), "--resolution", "4000", "--n-locations", "60")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "pass --overwrite" in result.stderr
+
+
+def test_prepare_cli_reports_drops_and_reuses(small_synth_dir: Path, tmp_path: Path) -> None:
+    sets = [
+        "--set",
+        f"samples.path={small_synth_dir / 'samples.csv'}",
+        "--set",
+        f"covariates.root={small_synth_dir / 'covariates'}",
+    ]
+    out = tmp_path / "prep"
+    first = run("prepare", *sets, "--out", str(out))
+    assert first.returncode == 0, first.stderr
+    assert "dropped" in first.stdout and "above_max_target" in first.stdout
+    assert "windows [" in first.stdout and ", 6, 5, 5, 5]" in first.stdout
+    assert "SoilEvaporation: no file for 2012, 2013" in first.stderr
+    again = run("prepare", *sets, "--out", str(out))
+    assert again.returncode == 0 and "up to date" in again.stdout
+
+
+def test_prepare_cli_bad_config_one_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("windows:\n  sise: 3\n")
+    result = run("prepare", "--config", str(cfg), "--out", str(tmp_path / "p"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "unknown key 'windows.sise'; valid keys here: size, time_steps" in result.stderr

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from socmap import __version__
+from socmap.config import SocmapConfig
 from socmap.errors import SocmapError
 
 app = typer.Typer(
@@ -89,6 +90,52 @@ def synth(
         f"{result.n_samples} samples at {result.n_locations} locations, R² ceiling {result.r2_ceiling:.3f} "
         f"({result.seconds:.1f} s)"
     )
+
+
+ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (see configs/).")]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config key, e.g. --set windows.size=7 (repeatable)."),
+]
+
+
+def _load(
+    config: Path | None, sets: list[str] | None, extra: dict[str, object] | None = None
+) -> SocmapConfig:
+    from socmap.config import load_config, parse_override
+
+    overrides: dict[str, object] = dict(parse_override(s) for s in sets or [])
+    overrides.update({k: v for k, v in (extra or {}).items() if v is not None})
+    return load_config(config, overrides)
+
+
+@app.command()
+def prepare(
+    config: ConfigOption = None,
+    out: Annotated[
+        Path, typer.Option("--out", help="Prepared folder: windows.npy, samples.parquet, meta.json.")
+    ] = Path("prepared"),
+    sets: SetOption = None,
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Read samples and covariate rasters, cut [N, C, H, W, T] windows, and write a prepared folder.
+
+    Re-running with the same config and unchanged inputs reuses the folder. Drops are reported by reason.
+    """
+    from socmap.windows import drops_summary
+    from socmap.windows import prepare as run_prepare
+
+    cfg = _load(config, sets)
+    with console.status("preparing") as status:
+        data, reused = run_prepare(cfg, out, overwrite=overwrite, progress=lambda m: status.update(m))
+    meta = data.meta
+    if reused:
+        typer.echo(f"{out} is up to date (same config and inputs); reused")
+    for warning in meta["warnings"]:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    n, c, h, w, t = meta["shape"]
+    typer.echo(f"{drops_summary(meta)}")
+    typer.echo(f"wrote {out}: windows [{n}, {c}, {h}, {w}, {t}] for bands {', '.join(meta['bands'])}")
 
 
 @app.command()

@@ -1,0 +1,295 @@
+"""One typed configuration (pydantic) loaded from YAML, overridable from the command line.
+
+Every field is documented here and in ``configs/*.yaml``; unknown keys and invalid values are rejected with a
+one-line error that names the key and the allowed values. Relative paths are resolved against the folder of
+the YAML file (never the working directory), and YAML is read with ``safe_load``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from socmap.errors import InputError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SamplesConfig(_Section):
+    """The sample table and how its columns map to socmap's fields (defaults follow LUCAS)."""
+
+    path: Path = Field(Path("samples.csv"), description="Sample table: .csv, .xlsx, .gpkg or .parquet.")
+    id: str | None = Field("POINTID", description="Location/sample id column; None: row numbers.")
+    lat: list[str] | str = Field(
+        ["GPS_LAT", "TH_LAT"], description="Latitude column (WGS84), or candidates tried in order."
+    )
+    lon: list[str] | str = Field(["GPS_LONG", "TH_LONG"], description="Longitude column, or candidates.")
+    x: str | None = Field(None, description="Easting column in `crs` (instead of lat/lon).")
+    y: str | None = Field(None, description="Northing column in `crs` (instead of lat/lon).")
+    crs: str = Field("EPSG:4326", description="CRS of the coordinate columns.")
+    target: str = Field("OC", description="Target column.")
+    target_unit: str = Field("g/kg", description="Unit of the target after scaling (for reports and maps).")
+    target_scale: float = Field(
+        1.0, gt=0, description="Multiplier applied to the target column (% -> g/kg: 10)."
+    )
+    year: list[str] | str | None = Field(["year", "YEAR"], description="Year column, or candidates.")
+    date: list[str] | str | None = Field(
+        ["SURVEY_DATE", "survey_date"], description="Date column used when no year column exists."
+    )
+    date_format: str | None = Field(
+        None, description="strftime format of the date column; None: ISO / inferred."
+    )
+    time: str | None = Field(
+        None, description="One time label for every sample (designs without dates, e.g. climatologies)."
+    )
+    uncertainty: str | None = Field(
+        None, description="Optional per-sample measurement sd column (same unit)."
+    )
+    duplicates: Literal["error", "mean", "first", "drop"] = Field(
+        "error",
+        description="Same id and time with different targets: fail, average, keep first, or drop all.",
+    )
+
+    @field_validator("lat", "lon", "year", "date", mode="before")
+    @classmethod
+    def _listify(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class FiltersConfig(_Section):
+    """Which samples are kept; every drop is counted by reason."""
+
+    max_target: float | None = Field(150.0, description="Drop samples above this target (peat cap MAX_OC).")
+    min_target: float = Field(0.0, description="Drop samples below this target (negative OC is invalid).")
+    year_min: int | None = Field(2007, description="First sample year kept.")
+    year_max: int | None = Field(2023, description="Last sample year kept.")
+    region: Path | None = Field(None, description="Keep samples inside this polygon (GeoJSON/GPKG).")
+    min_valid_fraction: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Drop samples whose window (all bands and steps) is less valid than this.",
+    )
+
+
+class CovariatesConfig(_Section):
+    """The covariate rasters: static bands and time-varying bands with a file pattern."""
+
+    root: Path = Field(Path("covariates"), description="Folder the patterns are relative to.")
+    static: list[str] = Field(["Elevation"], description="Bands that do not vary in time.")
+    static_pattern: str = Field("static/{band}.tif", description="File of a static band.")
+    temporal: list[str] = Field(
+        ["LAI", "LST", "MODIS_NPP", "SoilEvaporation", "TotalEvapotranspiration"],
+        description="Bands with one raster per time step.",
+    )
+    temporal_pattern: str = Field("yearly/{band}/{time}.tif", description="File of a band at a time label.")
+    time_regex: str = Field(r"\d+", description="Regular expression a time label in a file name must match.")
+    time_labels: list[str] | None = Field(
+        None, description="Ordered time labels; None: every label found on disk for any temporal band."
+    )
+    nodata: float | None = Field(None, description="Nodata value for rasters that do not declare one.")
+    assume_crs: str | None = Field(
+        None, description="CRS for rasters that have none (else they are refused)."
+    )
+    resampling: Literal["nearest", "bilinear", "cubic", "average"] = Field(
+        "bilinear", description="Resampling when a raster is warped onto the working grid."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> CovariatesConfig:
+        if not self.static and not self.temporal:
+            raise ValueError("covariates: give at least one band in static or temporal")
+        if "{band}" not in self.static_pattern:
+            raise ValueError(f"static_pattern {self.static_pattern!r}: expected a '{{band}}' placeholder")
+        if self.temporal and not {"{band}", "{time}"} <= _placeholders(self.temporal_pattern):
+            raise ValueError(
+                f"temporal_pattern {self.temporal_pattern!r}: expected '{{band}}' and '{{time}}' placeholders"
+            )
+        dup = sorted({b for b in self.static + self.temporal if (self.static + self.temporal).count(b) > 1})
+        if dup:
+            raise ValueError(f"covariates: band(s) {', '.join(dup)} listed twice")
+        return self
+
+
+def _placeholders(pattern: str) -> set[str]:
+    return {p for p in ("{band}", "{time}") if p in pattern}
+
+
+class WindowsConfig(_Section):
+    """The window stack cut around every sample: [C, size, size, time_steps]."""
+
+    size: int = Field(
+        5, ge=3, le=63, description="Window edge in pixels (odd: centred; even: centre at size//2)."
+    )
+    time_steps: int = Field(
+        5,
+        ge=1,
+        le=100,
+        description="Steps up to and including the sample's time (a 2015 sample sees 2011..2015).",
+    )
+
+
+class GridConfig(_Section):
+    """The working grid every raster is read on (default: the first raster's own grid)."""
+
+    reference: str | None = Field(
+        None, description="Band whose raster defines the grid; None: the first band."
+    )
+    crs: str | None = Field(None, description="Working CRS; None: the reference raster's CRS.")
+    resolution: float | None = Field(
+        None, gt=0, description="Working pixel size in CRS units; None: reference's."
+    )
+    allow_warp: bool = Field(
+        True, description="Warp rasters on other grids onto the working grid (False: refuse them)."
+    )
+
+
+class SplitConfig(_Section):
+    """The validation split used by `socmap train` (seed project's distance-threshold design by default)."""
+
+    method: Literal["distance-split", "spatial-block", "buffered", "random"] = "distance-split"
+    val_ratio: float = Field(0.08, gt=0, lt=1, description="Target share of samples in validation.")
+    distance_km: float = Field(
+        1.2, gt=0, description="Minimum distance between validation and training points."
+    )
+    folds: int = Field(10, ge=2, description="Folds for k-fold designs.")
+    block_size_km: float = Field(10.0, gt=0, description="Block edge for spatial-block k-fold.")
+    seed: int = 0
+
+
+class SamplingConfig(_Section):
+    """Balanced sampling of the training set (up-sample rare target values)."""
+
+    balanced: bool = Field(False, description="Up-sample rare target bins in training.")
+    n_bins: int = Field(128, ge=2, description="Number of target bins.")
+    min_fraction: float = Field(
+        0.75, gt=0, le=1, description="Bins below this share of the largest are up-sampled."
+    )
+    binning: Literal["quantile", "uniform"] = "quantile"
+
+
+class SocmapConfig(_Section):
+    """The whole configuration; YAML sections map to the attributes below."""
+
+    name: str = Field("socmap", description="Name of the data set / experiment (used in reports).")
+    samples: SamplesConfig = Field(default_factory=SamplesConfig)
+    filters: FiltersConfig = Field(default_factory=FiltersConfig)
+    covariates: CovariatesConfig = Field(default_factory=CovariatesConfig)
+    windows: WindowsConfig = Field(default_factory=WindowsConfig)
+    grid: GridConfig = Field(default_factory=GridConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    base_dir: Path = Field(Path("."), description="Folder relative paths are resolved against (the YAML's).")
+
+    def resolve(self, path: Path) -> Path:
+        """A path from the config, resolved against the config file's folder."""
+        return path if path.is_absolute() else (self.base_dir / path)
+
+    def data_hash(self) -> str:
+        """Hash of everything that determines the prepared windows (not training options)."""
+        keys = ("samples", "filters", "covariates", "windows", "grid")
+        payload = {k: getattr(self, k).model_dump(mode="json") for k in keys}
+        payload["base_dir"] = str(self.base_dir.resolve())
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _format_error(exc: ValidationError, source: str) -> str:
+    """One line: the key path, what was wrong, and the allowed values or keys where known."""
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        model: type[BaseModel] = SocmapConfig
+        for part in err["loc"][:-1]:
+            field = model.model_fields.get(str(part))
+            if (
+                field is None
+                or not isinstance(field.annotation, type)
+                or not issubclass(field.annotation, BaseModel)
+            ):
+                break
+            model = field.annotation
+        valid = ", ".join(k for k in model.model_fields if k != "base_dir")
+        return f"{source}: unknown key '{loc}'; valid keys here: {valid}"
+    msg = err["msg"]
+    if err["type"] == "literal_error":
+        return f"{source}: {loc} = {err.get('input')!r}: {msg}"
+    if err["type"] == "value_error":
+        msg = msg.removeprefix("Value error, ")
+        return f"{source}: {loc + ': ' if loc else ''}{msg}"
+    return f"{source}: {loc} = {err.get('input')!r}: {msg}"
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> SocmapConfig:
+    """Load a YAML config (``None``: all defaults) and apply dotted-key overrides, e.g. {"windows.size": 7}."""
+    data: dict[str, Any] = {}
+    base = Path.cwd()
+    source = "defaults"
+    if path is not None:
+        cfg_path = Path(path)
+        source = str(cfg_path)
+        if not cfg_path.is_file():
+            raise InputError(f"config file {cfg_path} does not exist")
+        try:
+            loaded = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None)
+            raise InputError(
+                f"config file {cfg_path}: invalid YAML{where}" + (f" ({problem})" if problem else "")
+            ) from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise InputError(
+                f"config file {cfg_path}: expected a mapping of sections, got {type(loaded).__name__}"
+            )
+        data = loaded
+        base = cfg_path.resolve().parent
+    for key, value in (overrides or {}).items():
+        _set_dotted(data, key, value)
+    data["base_dir"] = base
+    try:
+        return SocmapConfig.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(_format_error(exc, source)) from None
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise InputError(f"override {key}: '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse a ``--set key.path=value`` override; the value is read as YAML (numbers, lists, null)."""
+    if "=" not in text:
+        raise InputError(f"--set {text!r}: expected key.path=value, e.g. windows.size=7")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def dump_config(config: SocmapConfig) -> str:
+    """The resolved config as YAML (paths absolute), written into every run and prepared folder."""
+    data = config.model_dump(mode="json", exclude={"base_dir"})
+    for section, key in (("samples", "path"), ("covariates", "root"), ("filters", "region")):
+        value = getattr(getattr(config, section), key)
+        if value is not None:
+            data[section][key] = str(config.resolve(Path(value)).resolve())
+    return yaml.safe_dump(data, sort_keys=False)
