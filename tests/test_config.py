@@ -50,7 +50,9 @@ def test_invalid_values_name_allowed_values(tmp_path: Path) -> None:
         InputError, match=r"windows.time_steps = 0: Input should be greater than or equal to 1"
     ):
         load_config(write(tmp_path, "windows:\n  time_steps: 0\n"))
-    with pytest.raises(InputError, match=re.escape("temporal_pattern 'x.tif': expected '{band}' and '{time}'")):
+    with pytest.raises(
+        InputError, match=re.escape("temporal_pattern 'x.tif': expected '{band}' and '{time}'")
+    ):
         load_config(write(tmp_path, "covariates:\n  temporal_pattern: x.tif\n"))
 
 
