@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,11 +12,16 @@ import pytest
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "socmap.cli", *args], capture_output=True, text=True, timeout=300, check=False
+        [sys.executable, "-m", "socmap.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "COLUMNS": "250", "TERM": "dumb"},
     )
 
 
-@pytest.mark.parametrize("command", [[], ["synth"], ["demo"], ["prepare"]])
+@pytest.mark.parametrize("command", [[], ["synth"], ["demo"], ["prepare"], ["train"]])
 def test_help(command: list[str]) -> None:
     result = run(*command, "--help")
     assert result.returncode == 0, result.stderr
@@ -89,3 +95,66 @@ def test_prepare_cli_bad_config_one_line(tmp_path: Path) -> None:
     result = run("prepare", "--config", str(cfg), "--out", str(tmp_path / "p"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "unknown key 'windows.sise'; valid keys here: size, time_steps" in result.stderr
+
+
+def test_train_help_keeps_the_seed_flags() -> None:
+    out = run("train", "--help").stdout
+    for flag in (
+        "--lr",
+        "--loss_type",
+        "--loss_alpha",
+        "--target_transform",
+        "--use_validation",
+        "--target-val-ratio",
+        "--distance-threshold",
+        "--num-runs",
+        "--epochs",
+        "--batch-size",
+        "--patience",
+        "--seed",
+        "--model",
+        "--wandb-mode",
+        "--resume",
+    ):
+        assert flag in out, flag
+
+
+def test_train_cli_end_to_end_with_offline_tracking(small_synth_dir: Path, tmp_path: Path) -> None:
+    sets = [
+        "--set",
+        f"samples.path={small_synth_dir / 'samples.csv'}",
+        "--set",
+        f"covariates.root={small_synth_dir / 'covariates'}",
+    ]
+    out = tmp_path / "run"
+    result = run(
+        "train",
+        *sets,
+        "--out",
+        str(out),
+        "--epochs",
+        "2",
+        "--num-runs",
+        "2",
+        "--lr",
+        "0.002",
+        "--loss_type",
+        "composite_l2",
+        "--target_transform",
+        "log",
+        "--wandb-mode",
+        "offline",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "best run" in result.stdout and "R² " in result.stdout and "Pearson r²" in result.stdout
+    assert "known ceiling of this validation set" in result.stdout
+    import json
+
+    summary = json.loads((out / "metrics.json").read_text())
+    assert len(summary["runs"]) == 2
+    offline = list((out / "runs" / "run_0" / "wandb").glob("offline-run-*"))
+    assert offline, "W&B should have written an offline run"
+    import yaml
+
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["train"]["loss_type"] == "composite_l2" and saved["train"]["epochs"] == 2

@@ -139,22 +139,173 @@ def prepare(
 
 
 @app.command()
+def train(
+    config: ConfigOption = None,
+    out: Annotated[
+        Path, typer.Option("--out", help="Run folder (model, metrics, history, split, plots).")
+    ] = Path("runs/latest"),
+    prepared: Annotated[
+        Path | None, typer.Option("--prepared", help="Prepared folder to use/create (default: OUT/prepared).")
+    ] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Adam learning rate [0.0002].")] = None,
+    loss_type: Annotated[
+        str | None,
+        typer.Option(
+            "--loss_type", "--loss-type", help="l1, mse, composite_l1, composite_l2, gaussian_nll, quantile."
+        ),
+    ] = None,
+    loss_alpha: Annotated[
+        float | None,
+        typer.Option("--loss_alpha", "--loss-alpha", help="L1/L2 weight in composite losses [0.5]."),
+    ] = None,
+    loss_sigma: Annotated[
+        float | None,
+        typer.Option("--loss_sigma", "--loss-sigma", help="Constant sd for composite losses [3.0]."),
+    ] = None,
+    target_transform: Annotated[
+        str | None,
+        typer.Option(
+            "--target_transform", "--target-transform", help="none, log (log1p) or normalize [normalize]."
+        ),
+    ] = None,
+    use_validation: Annotated[
+        bool | None,
+        typer.Option(
+            "--use_validation/--no_validation",
+            "--use-validation/--no-validation",
+            help="Hold out a validation split [yes].",
+        ),
+    ] = None,
+    target_val_ratio: Annotated[
+        float | None, typer.Option("--target-val-ratio", help="Validation share of samples [0.08].")
+    ] = None,
+    distance_threshold: Annotated[
+        float | None,
+        typer.Option("--distance-threshold", help="Min km between validation and training [1.2]."),
+    ] = None,
+    num_runs: Annotated[
+        int | None, typer.Option("--num-runs", help="Runs with seeds seed..seed+N-1 [5].")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Maximum epochs [200].")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Batch size [256].")] = None,
+    patience: Annotated[
+        int | None, typer.Option("--patience", help="Early-stopping patience in epochs [20].")
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of run 0 [0].")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Model architecture: cnn_lstm.")] = None,
+    wandb_mode: Annotated[
+        str | None, typer.Option("--wandb-mode", help="online, offline or disabled [$WANDB_MODE or offline].")
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run folder.")] = False,
+    sets: SetOption = None,
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Train the CNN-LSTM over several runs; keep the best run (by validation R²) and all runs' models.
+
+    Flags keep the seed project's names and defaults; any other config key can be set with --set.
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from socmap.train import train as run_train
+
+    cfg = _load(
+        config,
+        sets,
+        {
+            "train.lr": lr,
+            "train.loss_type": loss_type,
+            "train.loss_alpha": loss_alpha,
+            "train.loss_sigma": loss_sigma,
+            "train.target_transform": target_transform,
+            "train.use_validation": use_validation,
+            "split.val_ratio": target_val_ratio,
+            "split.distance_km": distance_threshold,
+            "train.num_runs": num_runs,
+            "train.epochs": epochs,
+            "train.batch_size": batch_size,
+            "train.patience": patience,
+            "train.seed": seed,
+            "train.model": model,
+            "train.wandb_mode": wandb_mode,
+        },
+    )
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("epoch {task.completed:.0f}/{task.total:.0f}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[metrics]}"),
+    )
+    with Progress(*columns, console=console, transient=False) as bar:
+        tasks: dict[int, object] = {}
+
+        def on_epoch(run: int, epoch: int, row: dict[str, float]) -> None:
+            if run not in tasks:
+                tasks[run] = bar.add_task(f"run {run}", total=cfg.train.epochs, metrics="")
+            text = f"loss {row['train_loss']:.4f}"
+            if "val_r2" in row:
+                text += f" | val loss {row['val_loss']:.4f} R² {row['val_r2']:.3f} RMSE {row['val_rmse']:.3g}"
+            bar.update(tasks[run], completed=epoch + 1, metrics=text)  # type: ignore[arg-type]
+
+        result = run_train(cfg, out, prepared=prepared, resume=resume, overwrite=overwrite, on_epoch=on_epoch)
+    s = result.summary
+    best, agg = s["best"]["metrics"], s["aggregate"]
+    typer.echo(f"{s['n_samples']} samples: {s['n_train']} training, {s['n_validation']} validation")
+    if s.get("split_warning"):
+        console.print(f"[yellow]warning:[/] {s['split_warning']}", highlight=False, soft_wrap=True)
+    typer.echo(
+        f"best run {s['best_run']} ({s['evaluated_on']}): R² {best['r2']:.3f} (1-SSE/SST; Pearson r² "
+        f"{best['pearson_r2']:.3f}), RMSE {best['rmse']:.3g}, MAE {best['mae']:.3g}, ME {best['me']:+.3g}, "
+        f"RPIQ {best['rpiq']:.2f}, CCC {best['ccc']:.3f}"
+    )
+    typer.echo(
+        f"over {len(result.runs)} runs: R² {agg['r2']['mean']:.3f} ± {agg['r2']['std']:.3f} "
+        f"(min {agg['r2']['min']:.3f}, max {agg['r2']['max']:.3f})"
+    )
+    if s.get("r2_ceiling_validation") is not None:
+        typer.echo(
+            f"known ceiling of this validation set (noise-free truth): R² {s['r2_ceiling_validation']:.3f}"
+        )
+    typer.echo(f"wrote {out}")
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder for the demo's data and results.")] = Path(
         "demo-output"
     ),
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing demo results.")] = True,
+    epochs: Annotated[
+        int | None, typer.Option("--epochs", help="Override the demo's training epochs.")
+    ] = None,
+    num_runs: Annotated[
+        int | None, typer.Option("--num-runs", help="Override the demo's number of runs.")
+    ] = None,
 ) -> None:
-    """Run the whole pipeline on the embedded synthetic Bavaria data set.
+    """Run the whole pipeline on the embedded synthetic Bavaria data set (replaces OUT's earlier results).
 
-    Stages available in this version: synthesize the data set into OUT/data.
+    Stages in this version: synthesize the data set (OUT/data), cut windows (OUT/prepared), train the
+    CNN-LSTM with a scaled-down schedule (OUT/run) and report validation R² next to the known ceiling.
     """
-    from socmap.synth import synthesize
+    from socmap.demo import run_demo
 
-    result = synthesize(out / "data", overwrite=overwrite)
-    typer.echo(
-        f"demo data set: {result.out} ({result.n_samples} samples, R² ceiling {result.r2_ceiling:.3f})"
-    )
+    overrides = {
+        k: v for k, v in {"train.epochs": epochs, "train.num_runs": num_runs}.items() if v is not None
+    }
+    with console.status("demo") as status:
+
+        def on_epoch(run: int, epoch: int, row: dict[str, float]) -> None:
+            r2 = f", validation R² {row['val_r2']:.3f}" if "val_r2" in row else ""
+            status.update(f"training run {run}, epoch {epoch + 1}{r2}")
+
+        result = run_demo(out, overrides=overrides, say=lambda m: console.log(m), on_epoch=on_epoch)
+    s = result.summary
+    best = s["best"]["metrics"]
+    typer.echo(f"data set: {result.data}")
+    typer.echo(f"run folder: {result.run} (model.pt, metrics.json, scatter.png)")
+    ceiling = s.get("r2_ceiling_validation")
+    ceiling_text = f" (best possible on this validation set: {ceiling:.3f})" if ceiling is not None else ""
+    typer.echo(f"validation R² {best['r2']:.3f}{ceiling_text}, RMSE {best['rmse']:.3g} g/kg")
 
 
 def main() -> None:

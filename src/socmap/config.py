@@ -175,6 +175,52 @@ class SamplingConfig(_Section):
     binning: Literal["quantile", "uniform"] = "quantile"
 
 
+class TrainConfig(_Section):
+    """Training of the deep model (flags of `socmap train` override these)."""
+
+    model: Literal["cnn_lstm"] = Field("cnn_lstm", description="Deep model architecture.")
+    lstm_input_size: int = Field(128, ge=1, description="CNN feature size fed to the LSTM per step.")
+    lstm_hidden_size: int = Field(128, ge=1, description="LSTM hidden size.")
+    num_layers: int = Field(2, ge=1, description="LSTM layers.")
+    dropout: float = Field(0.25, ge=0, lt=1, description="Dropout between LSTM layers.")
+    loss_type: Literal["l1", "mse", "composite_l1", "composite_l2", "gaussian_nll", "quantile"] = Field(
+        "mse", description="Training loss (see socmap.losses)."
+    )
+    loss_alpha: float = Field(0.5, ge=0, le=1, description="Weight of L1/L2 in the composite losses.")
+    loss_sigma: float = Field(
+        3.0, gt=0, description="Constant measurement sd for the composite losses (target unit)."
+    )
+    quantiles: list[float] = Field(
+        [0.05, 0.5, 0.95], description="Quantiles predicted with loss_type quantile."
+    )
+    target_transform: Literal["none", "log", "normalize"] = Field(
+        "normalize", description="Transform of the target during training (inverted for every output)."
+    )
+    lr: float = Field(2e-4, gt=0, description="Adam learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="Adam weight decay.")
+    batch_size: int = Field(256, ge=1, description="Samples per batch.")
+    epochs: int = Field(200, ge=1, description="Maximum epochs.")
+    patience: int = Field(20, ge=1, description="Early stopping: epochs without validation-loss improvement.")
+    min_delta: float = Field(
+        0.0, ge=0, description="Smallest validation-loss decrease that counts as improvement."
+    )
+    lr_schedule: Literal["none", "plateau", "cosine"] = Field("none", description="Learning-rate schedule.")
+    grad_clip: float = Field(1.0, ge=0, description="Clip the gradient norm to this (0: off).")
+    use_validation: bool = Field(
+        True, description="Hold out a validation split (False: train on all samples)."
+    )
+    num_runs: int = Field(
+        5, ge=1, description="Runs with different seeds; the best by validation R² is kept."
+    )
+    vary_split: bool = Field(False, description="Give every run its own validation split (seed + run).")
+    seed: int = Field(0, description="Seed of run 0 (run i uses seed + i).")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch's default).")
+    wandb_mode: Literal["online", "offline", "disabled"] | None = Field(
+        None, description="Weights & Biases mode; None: $WANDB_MODE or offline (never online unless asked)."
+    )
+    wandb_project: str = Field("socmap", description="Weights & Biases project.")
+
+
 class SocmapConfig(_Section):
     """The whole configuration; YAML sections map to the attributes below."""
 
@@ -186,6 +232,7 @@ class SocmapConfig(_Section):
     grid: GridConfig = Field(default_factory=GridConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
     base_dir: Path = Field(Path("."), description="Folder relative paths are resolved against (the YAML's).")
 
     def resolve(self, path: Path) -> Path:

@@ -1,0 +1,58 @@
+"""RefittedCovLSTM: architecture, parameter count, shapes for any window >= 4 and any T >= 1."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from socmap.errors import InputError
+from socmap.models import RefittedCovLSTM, build_model, count_parameters
+
+
+def expected_parameters(c: int, window: int, hidden: int = 128, feat: int = 128, outputs: int = 1) -> int:
+    """Independent count from the layer formulas of the documented architecture."""
+    conv1 = c * 32 * 9 + 32
+    conv2 = 32 * 64 * 9 + 64
+    reduced = (window // 2) // 2
+    linear = 64 * reduced * reduced * feat + feat
+    lstm = 4 * (feat * hidden + hidden * hidden + 2 * hidden) + 4 * (
+        hidden * hidden + hidden * hidden + 2 * hidden
+    )
+    head = hidden * 64 + 64
+    fusion = (feat + 64) * 32 + 32 + 32 * outputs + outputs
+    return conv1 + conv2 + linear + lstm + head + fusion
+
+
+def test_parameter_count_six_bands_5x5() -> None:
+    model = RefittedCovLSTM(6)
+    assert count_parameters(model) == expected_parameters(6, 5) == 307_233  # "about 307k"
+
+
+@pytest.mark.parametrize(("channels", "window", "steps"), [(6, 5, 5), (3, 4, 1), (15, 9, 12), (1, 7, 3)])
+def test_shapes(channels: int, window: int, steps: int) -> None:
+    model = RefittedCovLSTM(channels, window_size=window, n_outputs=3)
+    out = model(torch.randn(4, channels, window, window, steps))
+    assert out.shape == (4, 3)
+    assert count_parameters(model) == expected_parameters(channels, window, outputs=3)
+
+
+def test_time_order_matters_and_last_step_feeds_fusion() -> None:
+    torch.manual_seed(0)
+    model = RefittedCovLSTM(2).eval()
+    x = torch.randn(3, 2, 5, 5, 4)
+    reversed_x = x.flip(-1)
+    assert not torch.allclose(model(x), model(reversed_x))
+
+
+def test_small_window_refused_and_registry() -> None:
+    with pytest.raises(InputError, match="window size 3: RefittedCovLSTM needs windows of at least 4"):
+        RefittedCovLSTM(6, window_size=3)
+    with pytest.raises(InputError, match="model 'resnet': expected one of cnn_lstm"):
+        build_model("resnet", num_channels=6)
+
+
+def test_model_stays_on_cpu() -> None:
+    model = RefittedCovLSTM(6)
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+    model(torch.randn(1, 6, 5, 5, 2))
+    assert {p.device.type for p in model.parameters()} == {"cpu"}

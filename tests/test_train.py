@@ -1,0 +1,236 @@
+"""Training: artifacts, exact reload, early stopping restoring the best weights, resume, losses, multi-run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from socmap.config import SocmapConfig, load_config
+from socmap.errors import OutputError
+from socmap.predictor import load_predictor
+from socmap.train import fit_run, make_split, train
+from socmap.windows import load_prepared, prepare
+
+
+def config(root: Path, **extra: object) -> SocmapConfig:
+    overrides: dict[str, object] = {
+        "samples.path": str(root / "samples.csv"),
+        "covariates.root": str(root / "covariates"),
+        "train.epochs": 3,
+        "train.num_runs": 2,
+        "train.batch_size": 128,
+        "train.wandb_mode": "disabled",
+        "train.lr": 0.002,
+    }
+    overrides.update(extra)
+    return load_config(None, overrides)
+
+
+@pytest.fixture(scope="module")
+def prepared_small(small_synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("prep") / "p"
+    prepare(config(small_synth_dir), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(small_synth_dir: Path, prepared_small: Path, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("run") / "r"
+    return train(config(small_synth_dir), out, prepared=prepared_small)
+
+
+def test_run_folder_contents(trained) -> None:
+    out = trained.out
+    for name in (
+        "config.yaml",
+        "split.csv",
+        "split_report.json",
+        "model.pt",
+        "model.json",
+        "metrics.json",
+        "scatter.png",
+    ):
+        assert (out / name).is_file(), name
+    for i in range(2):
+        run = out / "runs" / f"run_{i}"
+        for name in ("model.pt", "model.json", "history.csv", "metrics.json", "predictions.csv"):
+            assert (run / name).is_file()
+        assert not (run / "checkpoint.pt").exists()
+        assert len(pd.read_csv(run / "history.csv")) == 3
+    spec = json.loads((out / "model.json").read_text())
+    assert spec["bands"][0] == "Elevation" and spec["normalizer"]["fitted_on"] == "training samples only"
+    assert spec["target_transform"]["name"] == "normalize"
+    assert set(pd.read_csv(out / "split.csv")["role"]) == {"train", "validation"}
+
+
+def test_aggregate_and_best_run(trained) -> None:
+    s = trained.summary
+    r2s = [r["metrics"]["r2"] for r in s["runs"]]
+    assert s["best_run"] == int(np.argmax(r2s))
+    assert s["aggregate"]["r2"]["mean"] == pytest.approx(np.mean(r2s))
+    assert s["aggregate"]["r2"]["std"] == pytest.approx(np.std(r2s, ddof=1))
+    assert s["aggregate"]["r2"]["max"] == max(r2s)
+    assert s["r2_ceiling_validation"] is not None and 0 < s["r2_ceiling_validation"] < 1
+    assert [r["seed"] for r in s["runs"]] == [0, 1]
+
+
+def test_reload_reproduces_validation_predictions_exactly(trained, prepared_small: Path) -> None:
+    data = load_prepared(prepared_small)
+    predictor = load_predictor(trained.out, expected_bands=data.bands)
+    best = trained.out / "runs" / f"run_{trained.best_run}"
+    table = pd.read_csv(best / "predictions.csv")
+    split = pd.read_csv(trained.out / "split.csv")
+    val = np.flatnonzero(split["role"].to_numpy() == "validation")
+    pred = predictor.predict(data.windows[val])
+    np.testing.assert_array_equal(pred, table["predicted"].to_numpy())
+    np.testing.assert_array_equal(data.target[val], table["observed"].to_numpy())
+    # the weights file is a plain state dict that loads with weights_only=True
+    state = torch.load(trained.out / "model.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+
+
+def test_refuses_to_overwrite_a_finished_run(trained, small_synth_dir: Path) -> None:
+    with pytest.raises(OutputError, match="already holds a finished run"):
+        train(config(small_synth_dir), trained.out)
+
+
+def test_early_stopping_restores_best_weights(
+    small_synth_dir: Path, prepared_small: Path, tmp_path: Path
+) -> None:
+    cfg = config(
+        small_synth_dir, **{"train.epochs": 60, "train.patience": 3, "train.lr": 0.02, "train.num_runs": 1}
+    )
+    result = train(cfg, tmp_path / "r", prepared=prepared_small)
+    hist = result.runs[0].history
+    m = result.runs[0].metrics
+    assert m["stopped_early"] and len(hist) < 60
+    best_epoch = int(hist["val_loss"].idxmin())
+    assert m["best_epoch"] == best_epoch == len(hist) - 1 - 3
+    # the saved model's validation metrics are the best epoch's, not the last epoch's
+    assert m["metrics"]["rmse"] == pytest.approx(hist["val_rmse"].iloc[best_epoch], rel=1e-5)
+    assert m["metrics"]["rmse"] != pytest.approx(hist["val_rmse"].iloc[-1], rel=1e-5)
+
+
+def test_resume_after_interruption_gives_identical_weights(
+    small_synth_dir: Path, prepared_small: Path, tmp_path: Path
+) -> None:
+    cfg = config(small_synth_dir, **{"train.epochs": 5, "train.num_runs": 1, "train.lr_schedule": "cosine"})
+    full = train(cfg, tmp_path / "full", prepared=prepared_small)
+
+    data = load_prepared(prepared_small)
+    plan = make_split(cfg, data, cfg.split.seed)
+    folder = tmp_path / "interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        fit_run(cfg, data, plan, 0, folder / "runs" / "run_0", stop_after_epoch=2)
+    assert (folder / "runs" / "run_0" / "checkpoint.pt").is_file()
+    assert not (folder / "runs" / "run_0" / "model.pt").exists()
+    (folder / "config.yaml").write_text((full.out / "config.yaml").read_text())
+    resumed = train(cfg, folder, prepared=prepared_small, resume=True)
+
+    a = torch.load(full.out / "model.pt", weights_only=True)
+    b = torch.load(resumed.out / "model.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert resumed.summary["best"]["metrics"] == full.summary["best"]["metrics"]
+    pd.testing.assert_frame_equal(
+        full.runs[0].history.drop(columns=["seconds", "data_seconds"]),
+        resumed.runs[0].history.drop(columns=["seconds", "data_seconds"]),
+    )
+
+
+def test_same_seed_same_metrics(small_synth_dir: Path, prepared_small: Path, tmp_path: Path) -> None:
+    cfg = config(small_synth_dir, **{"train.epochs": 2, "train.num_runs": 1})
+    a = train(cfg, tmp_path / "a", prepared=prepared_small).summary["best"]["metrics"]
+    b = train(cfg, tmp_path / "b", prepared=prepared_small).summary["best"]["metrics"]
+    assert a == b
+
+
+@pytest.mark.parametrize(
+    ("loss", "transform"),
+    [
+        ("l1", "none"),
+        ("composite_l1", "log"),
+        ("composite_l2", "normalize"),
+        ("gaussian_nll", "log"),
+        ("quantile", "normalize"),
+    ],
+)
+def test_every_loss_trains_and_predicts_on_the_original_scale(
+    small_synth_dir: Path, prepared_small: Path, tmp_path: Path, loss: str, transform: str
+) -> None:
+    cfg = config(
+        small_synth_dir,
+        **{
+            "train.loss_type": loss,
+            "train.target_transform": transform,
+            "train.num_runs": 1,
+            "train.epochs": 2,
+        },
+    )
+    result = train(cfg, tmp_path / "r", prepared=prepared_small)
+    table = pd.read_csv(result.out / "runs" / "run_0" / "predictions.csv")
+    assert np.isfinite(table["predicted"]).all()
+    # original scale: predictions live in the range of the observed values (g/kg), not of log or z-scores
+    ratio = table["predicted"].median() / table["observed"].median()
+    assert 0.25 < ratio < 4, ratio
+    if loss in {"gaussian_nll", "quantile"}:
+        assert (table["q05"] <= table["q95"]).all()
+        assert "picp" in result.summary["best"]["intervals"]
+
+
+def test_balanced_sampling_changes_what_the_model_trains_on(
+    small_synth_dir: Path, prepared_small: Path, tmp_path: Path
+) -> None:
+    cfg = config(
+        small_synth_dir,
+        **{
+            "sampling.balanced": True,
+            "sampling.binning": "uniform",
+            "sampling.n_bins": 16,
+            "train.num_runs": 1,
+            "train.epochs": 1,
+        },
+    )
+    result = train(cfg, tmp_path / "r", prepared=prepared_small)
+    n_train = result.summary["n_train"]
+    assert result.runs[0].history["samples"].iloc[0] > n_train
+    report = json.loads((result.out / "balance_report.json").read_text())
+    assert report["n_added"] > 0 and report["mean_after"] > report["mean_before"]
+
+
+def test_no_validation_mode(small_synth_dir: Path, prepared_small: Path, tmp_path: Path) -> None:
+    cfg = config(small_synth_dir, **{"train.use_validation": False, "train.num_runs": 1, "train.epochs": 2})
+    result = train(cfg, tmp_path / "r", prepared=prepared_small)
+    assert result.summary["n_validation"] == 0
+    assert result.summary["evaluated_on"].startswith("training")
+    assert result.summary["r2_ceiling_validation"] is None
+
+
+def test_checkpoint_safety(trained, tmp_path: Path) -> None:
+    import pickle
+    import shutil
+
+    from socmap.errors import InputError
+
+    folder = tmp_path / "m"
+    shutil.copytree(trained.out, folder, ignore=shutil.ignore_patterns("runs", "prepared"))
+    with pytest.raises(InputError, match=r"trained on bands \['Elevation'.*but the data have \['A', 'B'\]"):
+        load_predictor(folder, expected_bands=["A", "B"])
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    with open(folder / "model.pt", "wb") as fh:
+        pickle.dump({"x": Evil()}, fh)
+    with pytest.raises(InputError, match="holds more than weights and was refused"):
+        load_predictor(folder)
+    (folder / "model.pt").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(InputError, match="truncated or corrupt"):
+        load_predictor(folder)
