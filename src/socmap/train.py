@@ -142,6 +142,7 @@ class _Tracker:
         folder.mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(
             project=project,
+            settings=wandb.Settings(silent=True),
             mode=mode,  # type: ignore[arg-type]
             dir=str(folder),
             name=name,
