@@ -34,6 +34,8 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     tmp = _tmp_sibling(target, is_dir=False)
     try:
         yield tmp
+        if tmp.exists():
+            os.chmod(tmp, 0o644)  # mkstemp creates 0600; artifacts are meant to be shared
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)

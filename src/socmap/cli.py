@@ -271,6 +271,26 @@ def train(
 
 
 @app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run folder (from socmap train).")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="HTML file (default: RUN_DIR/report.html).")
+    ] = None,
+    map_path: Annotated[
+        Path | None, typer.Option("--map", help="A map COG from socmap map (its PNGs are embedded).")
+    ] = None,
+    cv_dir: Annotated[
+        Path | None, typer.Option("--cv", help="A socmap cv output folder (default: RUN_DIR/cv if present).")
+    ] = None,
+) -> None:
+    """Write one self-contained HTML report of a run: data, split, curves, metrics, comparison, map, config."""
+    from socmap.report import build_report
+
+    path = build_report(run_dir, out, map_path=map_path, cv_dir=cv_dir)
+    typer.echo(f"wrote {path}")
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder for the demo's data and results.")] = Path(
         "demo-output"

@@ -565,6 +565,7 @@ def train(
         "r2_ceiling_validation": ceiling,
         "split_warning": plans[best.run].report.get("warning"),
         "drops": data.meta["drops"],
+        "prepared_dir": str(prepared_dir.resolve()),
     }
     _scatter(out / "scatter.png", best, config, ceiling)
     write_json(out / "metrics.json", summary)  # written last: its presence marks a finished run folder
