@@ -229,7 +229,7 @@ def test_checkpoint_safety(trained, tmp_path: Path) -> None:
 
     with open(folder / "model.pt", "wb") as fh:
         pickle.dump({"x": Evil()}, fh)
-    with pytest.raises(InputError, match="holds more than weights and was refused"):
+    with pytest.raises(InputError, match="holds more than weights"):
         load_predictor(folder)
     (folder / "model.pt").write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(InputError, match="truncated or corrupt"):

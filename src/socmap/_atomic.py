@@ -54,18 +54,30 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def check_output_dir(path: str | Path, overwrite: bool) -> Path:
-    """Refuse an existing non-empty output folder unless ``overwrite``; check the parent is writable."""
+    """Refuse an existing non-empty output folder unless ``overwrite``; prove the location is writable."""
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise OutputError(f"output {out} exists and is not a folder; choose another --out")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise OutputError(f"output folder {out} exists and is not empty; pass --overwrite to replace it")
-    parent = out.resolve().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"output folder {out}: {parent} is not writable")
+    ensure_writable_dir(out.resolve().parent, f"output folder {out}")
     return out
+
+
+def ensure_writable_dir(folder: Path, what: str) -> None:
+    """Create ``folder`` if needed and write a probe file in it; any failure becomes one OutputError line."""
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"{what}: {existing} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".socmap-probe-"):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise OutputError(f"{what}: cannot write in {folder} ({reason})") from None
 
 
 @contextlib.contextmanager

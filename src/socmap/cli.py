@@ -11,7 +11,7 @@ from rich.console import Console
 
 from socmap import __version__
 from socmap.config import SocmapConfig
-from socmap.errors import SocmapError
+from socmap.errors import InputError, SocmapError
 
 app = typer.Typer(
     name="socmap",
@@ -267,6 +267,64 @@ def train(
         typer.echo(
             f"known ceiling of this validation set (noise-free truth): R² {s['r2_ceiling_validation']:.3f}"
         )
+    typer.echo(f"wrote {out}")
+
+
+@app.command()
+def predict(
+    run: Annotated[
+        Path, typer.Option("--run", help="A finished run folder (its runs' models form the ensemble).")
+    ],
+    config: ConfigOption = None,
+    out: Annotated[Path, typer.Option("--out", help="CSV of predictions (one row per kept sample).")] = Path(
+        "predictions.csv"
+    ),
+    prepared: Annotated[
+        Path | None,
+        typer.Option("--prepared", help="Prepared folder for the samples (default: beside --out)."),
+    ] = None,
+    sets: SetOption = None,
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Apply a trained model to the samples of a config (e.g. an independent test set) and score it.
+
+    The config describes the new samples and covariates (same bands as the model); targets, when present,
+    give R², RMSE and the other metrics on the original scale.
+    """
+    import numpy as np
+    import pandas as pd
+
+    from socmap._atomic import atomic_file, write_json
+    from socmap.errors import OutputError
+    from socmap.metrics import regression_metrics
+    from socmap.predictor import load_ensemble, predict_table
+    from socmap.windows import prepare as run_prepare
+
+    if out.exists() and not overwrite:
+        raise OutputError(f"output {out} exists; pass --overwrite to replace it")
+    cfg = _load(config, sets)
+    data, _ = run_prepare(cfg, prepared or out.with_suffix(".prepared"), overwrite=True)
+    predictors = load_ensemble(run, expected_bands=data.bands)
+    spec = predictors[0].spec
+    if data.windows.shape[2:] != (spec["window_size"], spec["window_size"], spec["time_steps"]):
+        raise InputError(
+            f"model {run} expects {spec['window_size']}x{spec['window_size']} windows of {spec['time_steps']} "
+            f"steps, the data have {list(data.windows.shape[2:])}; set windows.size / windows.time_steps"
+        )
+    table = data.samples[["sample_id", "lon", "lat", "time", "target"]].rename(columns={"target": "observed"})
+    for key, values in predict_table(predictors, np.asarray(data.windows)).items():
+        table[key] = values
+    with atomic_file(out) as tmp:
+        pd.DataFrame(table).to_csv(tmp, index=False)
+    m = regression_metrics(table["observed"], table["predicted"])
+    write_json(
+        out.with_suffix(".metrics.json"),
+        {"n_models": len(predictors), "metrics": m, "drops": data.meta["drops"]},
+    )
+    typer.echo(
+        f"{len(table)} samples, {len(predictors)} model(s): R² {m['r2']:.3f}, RMSE {m['rmse']:.4g}, "
+        f"MAE {m['mae']:.4g}, ME {m['me']:+.4g}, CCC {m['ccc']:.3f}"
+    )
     typer.echo(f"wrote {out}")
 
 

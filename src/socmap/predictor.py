@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,7 @@ class Predictor:
         outputs = []
         with torch.inference_mode():
             for start in range(0, len(windows), batch_size):
-                chunk = torch.as_tensor(np.asarray(windows[start : start + batch_size], dtype=np.float32))
+                chunk = torch.as_tensor(np.array(windows[start : start + batch_size], dtype=np.float32))
                 outputs.append(self.model(self.normalizer.transform_torch(chunk)))
         return torch.cat(outputs) if outputs else torch.empty((0, 1))
 
@@ -121,11 +122,13 @@ def load_predictor(folder: str | Path, expected_bands: list[str] | None = None) 
             f"model {folder} was trained on bands {spec['bands']}, but the data have {list(expected_bands)}"
         )
     try:
-        state = torch.load(weights_path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else "unsupported content"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
         raise InputError(
-            f"model file {weights_path} holds more than weights and was refused (weights_only=True): {first}"
+            f"model file {weights_path} holds more than weights (e.g. pickled code) and was refused "
+            "(weights_only=True); load only model files written by socmap"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise InputError(
@@ -145,3 +148,24 @@ def load_predictor(folder: str | Path, expected_bands: list[str] | None = None) 
         Normalizer.from_dict(spec["normalizer"]),
         TargetTransform.from_dict(spec["target_transform"]),
     )
+
+
+def load_ensemble(run_dir: str | Path, expected_bands: list[str] | None = None) -> list[Predictor]:
+    """Every run's model of a run folder (``runs/run_<i>``), or the folder's single model."""
+    run_dir = Path(run_dir)
+    folders = sorted((run_dir / "runs").glob("run_*"), key=lambda p: int(p.name.split("_")[1]))
+    folders = [f for f in folders if (f / "model.pt").is_file()]
+    if not folders:
+        return [load_predictor(run_dir, expected_bands)]
+    return [load_predictor(f, expected_bands) for f in folders]
+
+
+def predict_table(
+    predictors: list[Predictor], windows: NDArray[np.float32]
+) -> dict[str, NDArray[np.float64]]:
+    """Ensemble prediction (mean of the models) and its spread, on the original scale."""
+    preds = np.stack([p.predict(windows) for p in predictors])
+    out = {"predicted": preds.mean(axis=0)}
+    if len(predictors) > 1:
+        out["ensemble_std"] = preds.std(axis=0, ddof=1)
+    return out

@@ -35,6 +35,7 @@ from socmap.transforms import TargetTransform
 from socmap.windows import PreparedData, prepare
 
 EVAL_BATCH = 4096
+MIN_SAMPLES = 20
 AGGREGATED = ("r2", "pearson_r2", "rmse", "mae", "me", "rpiq", "ccc")
 
 
@@ -108,6 +109,11 @@ def make_split(config: SocmapConfig, data: PreparedData, seed: int) -> SplitPlan
         )
     splitter = make_splitter(scfg.method, **kwargs)
     train_idx, val_idx = next(iter(splitter.split(coords, data.target)))
+    if len(val_idx) < 5 or len(train_idx) < 10:
+        raise InputError(
+            f"split {scfg.method} gave {len(train_idx)} training and {len(val_idx)} validation samples: too few; "
+            "use more samples, a larger split.val_ratio, or --no_validation"
+        )
     from socmap.split import split_report
 
     report = split_report(coords, data.target, train_idx, val_idx, unit=str(data.meta["target"]["unit"]))
@@ -507,8 +513,8 @@ def train(
     prepared_dir = Path(prepared) if prepared is not None else out / "prepared"
     data, _ = prepare(config, prepared_dir, overwrite=True)
     n = len(data.samples)
-    if n < 10:
-        raise InputError(f"only {n} samples after filters: too few to train")
+    if n < MIN_SAMPLES:
+        raise InputError(f"only {n} samples after filters: too few to train (need at least {MIN_SAMPLES})")
 
     tcfg = config.train
     plans = [

@@ -185,6 +185,8 @@ class PreparedData:
 def _fingerprint(config: SocmapConfig, stack: RasterStack | None = None) -> dict[str, Any]:
     """What the cache depends on: the data config and the size and modification time of every input."""
     files = [config.resolve(config.samples.path)]
+    if not files[0].is_file():
+        raise InputError(f"samples file {files[0]} does not exist")
     if stack is not None:
         files += sorted(stack.files.values())
     stats = []
