@@ -37,3 +37,14 @@ def print_table(rows: list[Row]) -> None:
     for r in rows:
         met = "" if r.met is None else ("yes" if r.met else "NO")
         print(f"{r.name:<46} {r.value:>14.4g} {r.unit:<12} {r.target:<14} {met:<4} {r.note}")
+
+
+def matmul_gflops(n: int = 2048, repeat: int = 5) -> float:
+    """This machine's torch fp32 matrix-multiply rate (GFLOP/s), best of ``repeat``: the roofline we compare to."""
+    import torch
+
+    a = torch.randn(n, n)
+    b = torch.randn(n, n)
+    torch.mm(a, b)  # warm-up
+    seconds = best_of(lambda: torch.mm(a, b), repeat)
+    return 2 * n**3 / seconds / 1e9

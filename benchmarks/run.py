@@ -19,10 +19,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_extraction
 import bench_synth
+import bench_training
 
 from common import Row, print_table
 
-SUITES = {"synth": bench_synth.run, "extraction": bench_extraction.run}
+SUITES = {
+    "synth": bench_synth.run,
+    "extraction": bench_extraction.run,
+    "training": bench_training.run,
+}
 
 
 def _cpu_model() -> str:

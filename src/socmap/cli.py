@@ -329,6 +329,92 @@ def predict(
 
 
 @app.command()
+def cv(
+    config: ConfigOption = None,
+    models: Annotated[
+        str, typer.Option("--models", help="Comma-separated models: cnn_lstm, rf, qrf, xgb.")
+    ] = "cnn_lstm,rf,qrf,xgb",
+    design: Annotated[
+        str, typer.Option("--cv", help="spatial-block, buffered, random or distance-split.")
+    ] = "spatial-block",
+    folds: Annotated[
+        int | None,
+        typer.Option(
+            "--folds",
+            help="Folds; buffered: held-out locations; distance-split: repeats (default: split.folds).",
+        ),
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", help="CV folder: folds, predictions, metrics tables, comparison.png.")
+    ] = Path("cv"),
+    prepared: Annotated[
+        Path | None, typer.Option("--prepared", help="Prepared folder to use/create (default: OUT/prepared).")
+    ] = None,
+    epochs: Annotated[
+        int | None, typer.Option("--epochs", help="Deep model's epochs per fold (default: train.epochs).")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Seed of the folds (default: split.seed).")
+    ] = None,
+    trees: Annotated[
+        int | None, typer.Option("--trees", help="Trees of rf/qrf and boosting rounds of xgb [300/300/400].")
+    ] = None,
+    n_jobs: Annotated[int, typer.Option("--n-jobs", min=1, help="Threads of the baselines [2].")] = 2,
+    sets: SetOption = None,
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Cross-validate the CNN-LSTM against rf / qrf / xgb on identical folds (spatial-block by default).
+
+    Writes folds.csv, out-of-fold predictions.csv, per-fold and summary metrics, metrics.md, comparison.png.
+    The deep model early-stops on a split of each fold's training part, never on its test part.
+    """
+    import math
+
+    from socmap.evaluate import CV_DESIGNS, check_models, cross_validate
+    from socmap.windows import prepare as run_prepare
+
+    names = check_models([m for m in models.split(",") if m.strip()])
+    if design not in CV_DESIGNS:
+        raise InputError(f"--cv {design!r}: expected one of {', '.join(CV_DESIGNS)}")
+    cfg = _load(config, sets, {"train.epochs": epochs})
+    params: dict[str, dict[str, object]] | None = (
+        {m: {"n_estimators": trees} for m in ("rf", "qrf", "xgb") if m in names} if trees else None
+    )
+    with console.status("preparing") as status:
+        data, _ = run_prepare(cfg, prepared or out / "prepared", overwrite=True, progress=status.update)
+        result = cross_validate(
+            cfg,
+            data,
+            models=names,
+            cv=design,
+            folds=folds,
+            out=out,
+            seed=seed,
+            overwrite=overwrite,
+            baseline_params=params,
+            n_jobs=n_jobs,
+            progress=lambda msg: status.update(f"cross-validating: {msg}"),
+        )
+    values = {(str(r["model"]), str(r["metric"])): r for r in result.summary.to_dict("records")}
+
+    def num(model: str, metric: str, column: str) -> float:
+        return float(values[(model, metric)][column])
+
+    n_folds = int(result.per_fold["fold"].nunique())
+    typer.echo(f"{design} cross-validation, {n_folds} folds, {len(data.samples)} samples")
+    for m in names:
+        mean, std, pooled = (num(m, "r2", k) for k in ("mean", "std", "pooled"))
+        per_fold = f"R² {mean:.3f} ± {std:.3f} over folds, " if math.isfinite(mean) else ""
+        text = f"{m}: {per_fold}pooled R² {pooled:.3f}, RMSE {num(m, 'rmse', 'pooled'):.3g}"
+        if (m, "picp") in values and math.isfinite(num(m, "picp", "pooled")):
+            text += f", PICP(90%) {num(m, 'picp', 'pooled'):.2f}"
+        typer.echo(text)
+    if result.r2_ceiling is not None:
+        typer.echo(f"known ceiling of the tested samples (noise-free truth): R² {result.r2_ceiling:.3f}")
+    typer.echo(f"wrote {out} (metrics.md, metrics_summary.csv, predictions.csv, comparison.png)")
+
+
+@app.command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A finished run folder (from socmap train).")],
     out: Annotated[

@@ -121,7 +121,7 @@ def make_split(config: SocmapConfig, data: PreparedData, seed: int) -> SplitPlan
     return SplitPlan(np.asarray(train_idx, np.int64), np.asarray(val_idx, np.int64), report)
 
 
-def _ceiling(config: SocmapConfig, data: PreparedData, val_idx: NDArray[np.int64]) -> float | None:
+def r2_ceiling_for(config: SocmapConfig, data: PreparedData, val_idx: NDArray[np.int64]) -> float | None:
     """Best possible validation R² when the samples come with a known truth (synthetic data)."""
     truth_path = config.resolve(config.samples.path).parent / "truth.csv"
     if not truth_path.is_file() or val_idx.size < 2:
@@ -556,7 +556,7 @@ def train(
     )
     best_predictor = load_predictor(best.folder)
     save_predictor(out, best_predictor)
-    ceiling = _ceiling(config, data, plans[best.run].val) if tcfg.use_validation else None
+    ceiling = r2_ceiling_for(config, data, plans[best.run].val) if tcfg.use_validation else None
     summary: dict[str, Any] = {
         "name": config.name,
         "n_samples": n,
