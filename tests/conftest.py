@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,18 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``socmap ARGS`` in a subprocess (a wide terminal, W&B disabled) and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "socmap.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env={**os.environ, "COLUMNS": "250", "TERM": "dumb", "WANDB_MODE": "disabled"},
+    )
 
 
 def shared_data(name: str) -> Path:

@@ -3,11 +3,9 @@ what was expected (exit 2, no traceback), or, where dropping or warning is right
 
 from __future__ import annotations
 
-import os
 import pickle
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,18 +16,8 @@ import pytest
 import rasterio
 import yaml
 
+from tests.conftest import run_cli
 from tests.data.tiny import data as tiny
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "socmap.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        env={**os.environ, "COLUMNS": "250", "WANDB_MODE": "disabled"},
-    )
 
 
 @pytest.fixture(scope="module")
@@ -372,7 +360,7 @@ def check(result: subprocess.CompletedProcess[str], case: Case) -> None:
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_catalogue(case: Case, tiny_master: Path, tmp_path: Path) -> None:
     env = make_env(tiny_master, tmp_path)
-    check(cli(*case.setup(env)), case)
+    check(run_cli(*case.setup(env)), case)
 
 
 def test_catalogue_is_long_enough() -> None:
@@ -394,7 +382,7 @@ def small_run(small_synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
             }
         )
     )
-    result = cli("train", "--config", str(config), "--out", str(folder / "run"))
+    result = run_cli("train", "--config", str(config), "--out", str(folder / "run"))
     assert result.returncode == 0, result.stderr
     return folder / "run", config
 
@@ -438,6 +426,8 @@ def test_model_catalogue(
             pickle.dump({"weights": _Evil()}, fh)
     else:
         (model / "model.json").write_text("{not json")
-    result = cli("predict", "--run", str(model), "--config", str(config), "--out", str(tmp_path / "p.csv"))
+    result = run_cli(
+        "predict", "--run", str(model), "--config", str(config), "--out", str(tmp_path / "p.csv")
+    )
     check(result, Case(name, lambda e: [], "error", text))
     assert "code ran" not in result.stdout

@@ -2,34 +2,22 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "socmap.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        env={**os.environ, "COLUMNS": "250", "TERM": "dumb"},
-    )
+from tests.conftest import run_cli
 
 
 @pytest.mark.parametrize("command", [[], ["synth"], ["demo"], ["prepare"], ["train"]])
 def test_help(command: list[str]) -> None:
-    result = run(*command, "--help")
+    result = run_cli(*command, "--help")
     assert result.returncode == 0, result.stderr
     assert "Usage" in result.stdout
 
 
 def test_synth_help_explains_every_option() -> None:
-    out = run("synth", "--help").stdout
+    out = run_cli("synth", "--help").stdout
     for option in ("--out", "--resolution", "--seed", "--n-locations", "--region", "--overwrite"):
         assert option in out
     assert "metres" in out and "byte-identical" in out
@@ -38,11 +26,11 @@ def test_synth_help_explains_every_option() -> None:
 def test_version() -> None:
     from socmap import __version__
 
-    assert run("--version").stdout.strip() == f"socmap {__version__}"
+    assert run_cli("--version").stdout.strip() == f"socmap {__version__}"
 
 
 def test_synth_cli_writes_data_set(tmp_path: Path) -> None:
-    result = run("synth", "--out", str(tmp_path / "d"), "--resolution", "4000", "--n-locations", "120")
+    result = run_cli("synth", "--out", str(tmp_path / "d"), "--resolution", "4000", "--n-locations", "120")
     assert result.returncode == 0, result.stderr
     assert "samples at" in result.stdout and "R² ceiling" in result.stdout
     assert (tmp_path / "d" / "samples.csv").is_file()
@@ -57,7 +45,7 @@ def test_synth_cli_writes_data_set(tmp_path: Path) -> None:
     ],
 )
 def test_synth_bad_arguments_give_one_line(tmp_path: Path, args: list[str], message: str) -> None:
-    result = run("synth", "--out", str(tmp_path / "d"), *args)
+    result = run_cli("synth", "--out", str(tmp_path / "d"), *args)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -67,7 +55,7 @@ def test_synth_bad_arguments_give_one_line(tmp_path: Path, args: list[str], mess
 def test_existing_output_is_refused(tmp_path: Path) -> None:
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "x").write_text("x")
-    result = run("synth", "--out", str(tmp_path / "d"), "--resolution", "4000", "--n-locations", "60")
+    result = run_cli("synth", "--out", str(tmp_path / "d"), "--resolution", "4000", "--n-locations", "60")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "pass --overwrite" in result.stderr
 
@@ -80,25 +68,25 @@ def test_prepare_cli_reports_drops_and_reuses(small_synth_dir: Path, tmp_path: P
         f"covariates.root={small_synth_dir / 'covariates'}",
     ]
     out = tmp_path / "prep"
-    first = run("prepare", *sets, "--out", str(out))
+    first = run_cli("prepare", *sets, "--out", str(out))
     assert first.returncode == 0, first.stderr
     assert "dropped" in first.stdout and "above_max_target" in first.stdout
     assert "windows [" in first.stdout and ", 6, 5, 5, 5]" in first.stdout
     assert "SoilEvaporation: no file for 2012, 2013" in first.stderr
-    again = run("prepare", *sets, "--out", str(out))
+    again = run_cli("prepare", *sets, "--out", str(out))
     assert again.returncode == 0 and "up to date" in again.stdout
 
 
 def test_prepare_cli_bad_config_one_line(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text("windows:\n  sise: 3\n")
-    result = run("prepare", "--config", str(cfg), "--out", str(tmp_path / "p"))
+    result = run_cli("prepare", "--config", str(cfg), "--out", str(tmp_path / "p"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "unknown key 'windows.sise'; valid keys here: size, time_steps" in result.stderr
 
 
 def test_train_help_keeps_the_seed_flags() -> None:
-    out = run("train", "--help").stdout
+    out = run_cli("train", "--help").stdout
     for flag in (
         "--lr",
         "--loss_type",
@@ -127,7 +115,7 @@ def test_train_cli_end_to_end_with_offline_tracking(small_synth_dir: Path, tmp_p
         f"covariates.root={small_synth_dir / 'covariates'}",
     ]
     out = tmp_path / "run"
-    result = run(
+    result = run_cli(
         "train",
         *sets,
         "--out",
