@@ -20,3 +20,4 @@ def test_demo_runs_every_stage(tmp_path: Path) -> None:
     assert summary["r2_ceiling_validation"] is not None
     assert summary["drops"] == {"above_max_target": summary["drops"]["above_max_target"]}
     assert any("synthesizing" in m for m in messages)
+    assert result.report is not None and result.report.is_file()

@@ -448,8 +448,9 @@ def demo(
 ) -> None:
     """Run the whole pipeline on the embedded synthetic Bavaria data set (replaces OUT's earlier results).
 
-    Stages in this version: synthesize the data set (OUT/data), cut windows (OUT/prepared), train the
-    CNN-LSTM with a scaled-down schedule (OUT/run) and report validation R² next to the known ceiling.
+    Stages: synthesize the data set (OUT/data), cut windows (OUT/prepared), train the CNN-LSTM with a
+    scaled-down schedule (OUT/run), compare it with rf/qrf/xgb on the same validation split (OUT/run/cv),
+    map SOC 2023 as a Cloud-Optimized GeoTIFF (OUT/soc_2023.tif) and write the HTML report (OUT/run/report.html).
     """
     from socmap.demo import run_demo
 
@@ -467,6 +468,12 @@ def demo(
     best = s["best"]["metrics"]
     typer.echo(f"data set: {result.data}")
     typer.echo(f"run folder: {result.run} (model.pt, metrics.json, scatter.png)")
+    if result.cv is not None:
+        typer.echo(f"model comparison: {result.cv / 'metrics.md'}")
+    if result.map is not None:
+        typer.echo(f"SOC map (Cloud-Optimized GeoTIFF): {result.map}")
+    if result.report is not None:
+        typer.echo(f"report: {result.report}")
     ceiling = s.get("r2_ceiling_validation")
     ceiling_text = f" (best possible on this validation set: {ceiling:.3f})" if ceiling is not None else ""
     typer.echo(f"validation R² {best['r2']:.3f}{ceiling_text}, RMSE {best['rmse']:.3g} g/kg")

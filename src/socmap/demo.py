@@ -21,6 +21,9 @@ class DemoResult:
     data: Path
     run: Path
     summary: dict[str, Any]
+    cv: Path | None = None
+    map: Path | None = None
+    report: Path | None = None
 
 
 def demo_config(data: Path, overrides: dict[str, Any] | None = None) -> SocmapConfig:
@@ -44,8 +47,15 @@ def run_demo(
     overrides: dict[str, Any] | None = None,
     say: Callable[[str], None] = print,
     on_epoch: Callable[[int, int, dict[str, float]], None] | None = None,
+    compare: bool = True,
+    map_year: int | None = 2023,
 ) -> DemoResult:
-    """Synthesize -> prepare -> train, writing under ``out`` (data/, prepared/, run/)."""
+    """Synthesize -> prepare -> train -> compare with baselines -> map ``map_year`` -> HTML report.
+
+    Writes under ``out``: data/, prepared/, run/ (model, metrics, report.html), run/cv/ (the comparison on the
+    run's own validation split: identical for every model), soc_<year>.tif (+ PNGs).
+    """
+    from socmap.report import build_report
     from socmap.train import train
 
     out = Path(out)
@@ -56,4 +66,27 @@ def run_demo(
     config = demo_config(data, overrides)
     say("preparing windows and training the CNN-LSTM")
     result = train(config, out / "run", prepared=out / "prepared", overwrite=True, on_epoch=on_epoch)
-    return DemoResult(data, result.out, result.summary)
+    demo = DemoResult(data, result.out, result.summary)
+    if compare:
+        from socmap.evaluate import cross_validate
+        from socmap.windows import load_prepared
+
+        say("comparing with random forest, quantile forest and XGBoost on the same validation split")
+        cv = cross_validate(
+            config,
+            load_prepared(out / "prepared"),
+            models=["cnn_lstm", "rf", "qrf", "xgb"],
+            cv="distance-split",
+            folds=1,
+            out=result.out / "cv",
+            overwrite=True,
+        )
+        demo.cv = cv.out
+    if map_year is not None:
+        from socmap.mapping import map_soc
+
+        say(f"mapping SOC {map_year} over Bavaria")
+        demo.map = map_soc(result.out, map_year, out / f"soc_{map_year}.tif", overwrite=True).out
+    say("writing the HTML report")
+    demo.report = build_report(result.out, map_path=demo.map, cv_dir=demo.cv)
+    return demo
