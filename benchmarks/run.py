@@ -18,6 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_extraction
+import bench_mapping
 import bench_realdata
 import bench_synth
 import bench_training
@@ -28,6 +29,7 @@ SUITES = {
     "synth": bench_synth.run,
     "extraction": bench_extraction.run,
     "training": bench_training.run,
+    "mapping": bench_mapping.run,
     "realdata": bench_realdata.run,
 }
 

@@ -270,6 +270,128 @@ def train(
     typer.echo(f"wrote {out}")
 
 
+@app.command("map")
+def map_(
+    run: Annotated[
+        Path,
+        typer.Option("--run", help="Run folder of `socmap train` (config.yaml, model.pt, runs/run_<i>/)."),
+    ],
+    year: Annotated[
+        int, typer.Option("--year", help="Year to map: its covariates and those of the T-1 years before it.")
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", help="Output COG (.tif); OUT's name + .png and _uncertainty.png are written beside it."
+        ),
+    ],
+    region: Annotated[
+        Path | None,
+        typer.Option(
+            help="Region polygon (GeoJSON/GeoPackage); default: the config's filters.region, else Bavaria."
+        ),
+    ] = None,
+    resolution: Annotated[
+        float | None,
+        typer.Option(
+            help="Pixel size in grid CRS units (rasters are warped); default: the covariate grid's."
+        ),
+    ] = None,
+    bbox: Annotated[
+        str | None,
+        typer.Option(
+            help="Map only minx,miny,maxx,maxy, in the covariate grid's CRS (e.g. EPSG:25832 m), not lon/lat."
+        ),
+    ] = None,
+    block_size: Annotated[
+        int,
+        typer.Option("--block-size", help="Block edge in pixels: one task, one file, one resume unit [512]."),
+    ] = 512,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Windows per model batch [1024].")] = 1024,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            help="threads, processes, or a dask.distributed address tcp://host:port (workers must see "
+            "the same files); default: this process."
+        ),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Continue an interrupted map from its finished blocks (OUT.blocks/)."),
+    ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite", help="Replace existing outputs (only once the new ones are complete)."),
+    ] = False,
+) -> None:
+    """Map SOC of YEAR over the region with every model of the run: a COG (prediction, Q05, Q95, std) + PNGs.
+
+    Nodata outside the region, where a window is less than filters.min_valid_fraction valid, and where fewer
+    than half of the bands have data at the pixel itself in YEAR (lakes).
+    """
+    import time
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from socmap.mapping import map_soc, parse_bbox
+
+    box = parse_bbox(bbox) if bbox is not None else None
+    columns = (
+        TextColumn(f"[bold]map {year}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("px {task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("map", total=None, rate="")
+        first: list[float] = []  # time and pixels of the first report: resumed blocks are not speed
+
+        def on_progress(done: int, total: int) -> None:
+            now = time.perf_counter()
+            if not first:
+                first.extend((now, done))
+                bar.reset(task, total=total, completed=done, rate="")
+                return
+            rate = (done - first[1]) / max(now - first[0], 1e-9)
+            bar.update(task, completed=done, rate=f"{rate:,.0f} px/s")
+
+        result = map_soc(
+            run,
+            year,
+            out,
+            region=region,
+            resolution=resolution,
+            bbox=box,
+            block_size=block_size,
+            batch_size=batch_size,
+            resume=resume,
+            overwrite=overwrite,
+            scheduler=scheduler,
+            progress=on_progress,
+        )
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    resumed = (
+        f", {result.n_blocks_resumed} of {result.n_blocks} blocks resumed" if result.n_blocks_resumed else ""
+    )
+    rate = result.n_region_pixels / result.seconds
+    typer.echo(
+        f"mapped {result.n_mapped:,} of {result.n_region_pixels:,} region pixels ({result.width} x "
+        f"{result.height} px) in {result.seconds:.1f} s ({rate:,.0f} px/s{resumed})"
+    )
+    typer.echo(f"bands: prediction, Q05, Q95, std ({result.method}, {len(result.model_ids)} models)")
+    typer.echo(f"wrote {result.out}, {result.png}, {result.uncertainty_png}")
+
+
 @app.command()
 def predict(
     run: Annotated[

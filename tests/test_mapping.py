@@ -1,0 +1,368 @@
+"""Mapping: values equal the training-time extraction + models, the nodata policy, the COG and PNG outputs,
+resume after a failure, and bit-identical results on Dask threads and a dask.distributed cluster."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import rasterio
+import shapely
+import torch
+from numpy.lib.stride_tricks import sliding_window_view
+
+import socmap.mapping as mapping
+from socmap.config import load_config
+from socmap.data import RasterStack, discover_stack
+from socmap.errors import InputError, OutputError
+from socmap.mapping import MapResult, map_soc, parse_bbox, png_paths, uncertainty_method
+from socmap.models import build_model
+from socmap.predictor import Predictor, load_predictor, save_predictor
+from socmap.region import load_region, to_crs
+from socmap.train import train
+from socmap.windows import extract_windows
+
+YEAR = 2023
+BLOCK = 64  # several blocks on the 2000 m grid (179 x 184 px)
+# a 40 x 40 px box in the south-east (lakes, region edge) for the runs that only compare schedulers
+BBOX = (700_000.0, 5_270_000.0, 780_000.0, 5_350_000.0)
+
+
+@pytest.fixture(scope="module")
+def run_dir(small_synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder with two 1-epoch CNN-LSTM runs (an ensemble of two point-prediction models)."""
+    overrides: dict[str, object] = {
+        "samples.path": str(small_synth_dir / "samples.csv"),
+        "covariates.root": str(small_synth_dir / "covariates"),
+        "train.epochs": 1,
+        "train.num_runs": 2,
+        "train.batch_size": 128,
+        "train.wandb_mode": "disabled",
+        "train.lr": 0.002,
+        "train.lstm_input_size": 16,  # a small LSTM: fast tests; the mapping code does not depend on it
+        "train.lstm_hidden_size": 16,
+        "train.threads": 1,  # no OpenMP contention on a busy CI machine; restored below
+    }
+    out = tmp_path_factory.mktemp("maprun") / "run"
+    threads = torch.get_num_threads()
+    try:
+        train(load_config(None, overrides), out)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+@pytest.fixture(scope="module")
+def mapped(
+    run_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[MapResult, list[tuple[int, int]]]:
+    """The whole region mapped sequentially, with every progress report kept."""
+    reports: list[tuple[int, int]] = []
+    out = tmp_path_factory.mktemp("map") / "soc_2023.tif"
+    result = map_soc(run_dir, YEAR, out, block_size=BLOCK, progress=lambda d, t: reports.append((d, t)))
+    return result, reports
+
+
+def _stack(run_dir: Path) -> RasterStack:
+    return discover_stack(load_config(run_dir / "config.yaml"))
+
+
+def _members(run_dir: Path) -> list[Predictor]:
+    return [load_predictor(run_dir / "runs" / f"run_{i}") for i in range(2)]
+
+
+def _read(path: Path) -> tuple[np.ndarray, dict[str, Any], dict[str, str]]:
+    with rasterio.open(path) as src:
+        return src.read(), dict(src.profile), src.tags()
+
+
+def _grid_offset(path: Path, stack: RasterStack) -> tuple[int, int]:
+    """(row, col) of the map's first pixel on the covariate grid (the map must be aligned to it)."""
+    with rasterio.open(path) as src:
+        t, g = src.transform, stack.grid.transform
+    col, row = (t.c - g.c) / g.a, (t.f - g.f) / g.e
+    assert col == round(col) and row == round(row) and (t.a, t.e) == (g.a, g.e)
+    return round(row), round(col)
+
+
+def test_map_equals_training_extraction_and_models(run_dir: Path, mapped: Any) -> None:
+    """Every pixel's nodata status follows the documented policy, and the values at region-edge, lake-side
+    and random pixels equal extract_windows + Predictor.predict (the training-time code) averaged over runs."""
+    result, _ = mapped
+    stack = _stack(run_dir)
+    values, profile, _ = _read(result.out)
+    row0, col0 = _grid_offset(result.out, stack)
+    h, w = values.shape[1:]
+    rows, cols = np.mgrid[row0 : row0 + h, col0 : col0 + w]
+    xs, ys = stack.grid.transform @ (cols + 0.5, rows + 0.5)
+    region = to_crs(load_region(None), stack.grid.crs)
+    inside = shapely.contains_xy(region, xs, ys)
+
+    windows = extract_windows(stack, rows.ravel(), cols.ravel(), [str(YEAR)] * rows.size, 5, 5)
+    valid_fraction = np.isfinite(windows).mean(axis=(1, 2, 3, 4)).reshape(h, w)
+    centre_bands = np.isfinite(windows[:, :, 2, 2, -1]).sum(axis=1).reshape(h, w)
+    expected = inside & (valid_fraction >= 0.5) & (2 * centre_bands >= 6)
+    mapped_px = values[0] != profile["nodata"]
+    np.testing.assert_array_equal(mapped_px, expected)
+    assert result.n_mapped == expected.sum() and result.n_region_pixels == inside.sum()
+    lake = inside & (centre_bands == 1)  # lakes: only Elevation has data
+    assert lake.sum() > 5 and not mapped_px[lake].any()
+
+    # pixels to compare: the region edge, next to lakes or other nodata, and a random sample
+    pad = np.pad(~mapped_px, 2, constant_values=True)
+    near_nodata = sliding_window_view(pad, (5, 5)).any(axis=(2, 3)) & mapped_px
+    edge = near_nodata & ~sliding_window_view(np.pad(inside, 1), (3, 3)).all(axis=(2, 3))
+    beside_lake = mapped_px & (sliding_window_view(np.pad(lake, 2), (5, 5)).any(axis=(2, 3)))
+    assert edge.sum() > 100 and beside_lake.sum() > 20
+    rng = np.random.default_rng(0)
+    random = np.zeros_like(mapped_px)
+    random.flat[rng.choice(np.flatnonzero(mapped_px), 300, replace=False)] = True
+    pick = np.flatnonzero((edge | beside_lake | random).ravel())
+    assert (np.isfinite(windows[pick]).mean(axis=(1, 2, 3, 4)) < 1).sum() > 100  # many windows hold NaN
+
+    preds = np.stack([p.predict(windows[pick]) for p in _members(run_dir)])
+    got = values[:, pick // w, pick % w]
+    np.testing.assert_allclose(got[0], preds.mean(axis=0), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(got[1], np.quantile(preds, 0.05, axis=0), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(got[2], np.quantile(preds, 0.95, axis=0), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(got[3], preds.std(axis=0, ddof=1), rtol=1e-4, atol=1e-4)
+    assert (values[:, ~mapped_px] == profile["nodata"]).all()
+
+
+def test_cog_layout_metadata_and_pngs(run_dir: Path, mapped: Any) -> None:
+    result, reports = mapped
+    with rasterio.open(result.out) as src:
+        assert src.driver == "GTiff" and src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+        assert src.profile["tiled"] and src.profile["compress"] == "deflate"
+        assert src.overviews(1) and src.overviews(4)
+        assert src.crs.to_epsg() == 25832 and src.nodata == -9999.0
+        assert src.count == 4 and set(src.dtypes) == {"float32"}
+        assert src.units == ("g/kg",) * 4
+        d = src.descriptions
+        assert d[0].startswith("SOC prediction (g/kg): mean of 2 models")
+        assert "5% quantile of the 2 models' predictions" in d[1] and "95% quantile" in d[2]
+        assert "standard deviation (ddof=1)" in d[3]
+        tags = src.tags()
+        assert tags["year"] == "2023" and tags["depth"] == "0-20 cm (LUCAS topsoil)"
+        assert tags["covariate_time_labels"] == "2019,2020,2021,2022,2023"
+        assert tags["model_ids"].split(",") == result.model_ids and len(result.model_ids) == 2
+        assert tags["method"].startswith("ensemble_spread") and tags["socmap_version"]
+        assert src.tags(2)["name"] == "q05" and src.tags(4)["method"] == d[3]
+        pred = src.read(1, masked=True)
+        assert 5 < float(pred.mean()) < 80  # g/kg, original scale
+    for png in png_paths(result.out):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        import matplotlib.image
+
+        assert matplotlib.image.imread(png).shape[0] > 200
+    assert (result.png, result.uncertainty_png) == png_paths(result.out)
+    leftovers = sorted(p.name for p in result.out.parent.iterdir())
+    assert leftovers == ["soc_2023.png", "soc_2023.tif", "soc_2023_uncertainty.png"]
+    # progress: region pixels, monotone, ending at the total
+    done = [d for d, _ in reports]
+    assert done == sorted(done) and reports[-1] == (result.n_region_pixels, result.n_region_pixels)
+    assert result.method == "ensemble_spread" and result.n_blocks_resumed == 0
+
+
+def test_resume_after_failure_keeps_finished_blocks(
+    run_dir: Path, mapped: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "soc_2023.tif"
+    blocks = out.with_name(out.name + ".blocks")
+    save = mapping._save_block
+    calls = {"n": 0}
+
+    def failing_save(path: Path, values: np.ndarray) -> None:
+        if calls["n"] == 3:
+            raise RuntimeError("injected failure")
+        calls["n"] += 1
+        save(path, values)
+
+    monkeypatch.setattr(mapping, "_save_block", failing_save)
+    with pytest.raises(RuntimeError, match="injected"):
+        map_soc(run_dir, YEAR, out, block_size=BLOCK)
+    monkeypatch.setattr(mapping, "_save_block", save)
+    finished = sorted(blocks.glob("r*.npy"))
+    assert len(finished) == 3 and not out.exists() and not any(blocks.glob(".*tmp*"))
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in finished}
+
+    with pytest.raises(OutputError, match="--resume"):
+        map_soc(run_dir, YEAR, out, block_size=BLOCK)
+    with pytest.raises(OutputError, match="different year"):
+        map_soc(run_dir, 2022, out, block_size=BLOCK, resume=True)
+
+    seen: dict[str, tuple[int, bytes]] = {}
+    write_outputs = mapping.write_outputs
+
+    def snapshot(plan: Any, vmax: float = 150.0) -> int:
+        seen.update({p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in blocks.glob("r*.npy")})
+        return write_outputs(plan, vmax)
+
+    monkeypatch.setattr(mapping, "write_outputs", snapshot)
+    reports: list[int] = []
+    resumed = map_soc(
+        run_dir, YEAR, out, block_size=BLOCK, resume=True, progress=lambda d, t: reports.append(d)
+    )
+    assert resumed.n_blocks_resumed == 3 and resumed.n_blocks == mapped[0].n_blocks
+    assert all(seen[name] == before[name] for name in before) and len(seen) == resumed.n_blocks
+    assert reports[0] > 0 and not blocks.exists()
+    a, profile_a, tags_a = _read(resumed.out)
+    b, profile_b, tags_b = _read(mapped[0].out)
+    np.testing.assert_array_equal(a, b)
+    assert profile_a == profile_b and tags_a == tags_b
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "distributed"])
+def test_dask_schedulers_equal_sequential_bit_for_bit(
+    run_dir: Path, mapped: Any, tmp_path: Path, scheduler: str
+) -> None:
+    sequential = map_soc(run_dir, YEAR, tmp_path / "seq.tif", bbox=BBOX, block_size=16)
+    if scheduler == "threads":
+        other = map_soc(run_dir, YEAR, tmp_path / "dask.tif", bbox=BBOX, block_size=16, scheduler="threads")
+    else:
+        from distributed import LocalCluster
+
+        with LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster:
+            other = map_soc(
+                run_dir,
+                YEAR,
+                tmp_path / "dask.tif",
+                bbox=BBOX,
+                block_size=16,
+                scheduler=cluster.scheduler_address,
+            )
+    a, profile_a, _ = _read(sequential.out)
+    b, profile_b, _ = _read(other.out)
+    assert sequential.n_blocks >= 6 and sequential.n_mapped > 500
+    np.testing.assert_array_equal(a, b)
+    assert profile_a == profile_b
+    # the bbox map is the full map's window (float tolerance: other batch compositions)
+    full, _, _ = _read(mapped[0].out)
+    stack = _stack(run_dir)
+    (r0, c0), (r1, c1) = _grid_offset(mapped[0].out, stack), _grid_offset(sequential.out, stack)
+    window = full[:, r1 - r0 : r1 - r0 + a.shape[1], c1 - c0 : c1 - c0 + a.shape[2]]
+    np.testing.assert_allclose(a, window, rtol=1e-5, atol=1e-4)
+
+
+def _single_model_run(run_dir: Path, target: Path) -> Path:
+    target.mkdir()
+    shutil.copy(run_dir / "config.yaml", target / "config.yaml")
+    for name in ("model.pt", "model.json"):
+        shutil.copy(run_dir / name, target / name)
+    return target
+
+
+def test_single_point_model_has_no_uncertainty_bands(run_dir: Path, tmp_path: Path) -> None:
+    single = _single_model_run(run_dir, tmp_path / "single")
+    result = map_soc(single, YEAR, tmp_path / "m.tif", bbox=BBOX)
+    values, profile, tags = _read(result.out)
+    assert result.method == "none" and tags["method"].startswith("none")
+    mapped_px = values[0] != profile["nodata"]
+    assert mapped_px.sum() > 500 and (values[1:] == profile["nodata"]).all()
+    with rasterio.open(result.out) as src:
+        assert all("not available" in d for d in src.descriptions[1:])
+    assert result.uncertainty_png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_quantile_heads_are_averaged(run_dir: Path, tmp_path: Path) -> None:
+    """Two members with quantile heads: Q05/Q95 are the heads' quantiles averaged over members."""
+    folder = _single_model_run(run_dir, tmp_path / "quantile")
+    base = load_predictor(run_dir)
+    members = []
+    for i in range(2):
+        spec = json.loads((run_dir / "model.json").read_text())
+        spec.update(loss_type="quantile", quantiles=[0.05, 0.5, 0.95], model_id=f"q{i}")
+        spec["model"]["kwargs"]["n_outputs"] = 3
+        torch.manual_seed(i)
+        model = build_model(spec["model"]["name"], **spec["model"]["kwargs"]).eval()
+        member = Predictor(model, spec, base.normalizer, base.transform)
+        save_predictor(folder / "runs" / f"run_{i}", member)
+        members.append(member)
+    assert uncertainty_method(members) == "interval_heads"
+    result = map_soc(folder, YEAR, tmp_path / "q.tif", bbox=BBOX)
+    values, profile, tags = _read(result.out)
+    assert result.method == "interval_heads" and tags["model_ids"] == "q0,q1"
+    stack = _stack(run_dir)
+    row0, col0 = _grid_offset(result.out, stack)
+    r, c = np.nonzero(values[0] != profile["nodata"])
+    windows = extract_windows(stack, r + row0, c + col0, [str(YEAR)] * r.size, 5, 5)
+    heads = [m.predict_intervals(windows) for m in members]
+    assert all(h is not None for h in heads)
+    q05 = np.mean([h["q05"] for h in heads if h], axis=0)
+    q95 = np.mean([h["q95"] for h in heads if h], axis=0)
+    pred = np.stack([m.predict(windows) for m in members])
+    sd = np.sqrt(np.mean([((h["q95"] - h["q05"]) / 3.289707) ** 2 for h in heads if h], axis=0) + pred.var(0))
+    np.testing.assert_allclose(values[0, r, c], pred.mean(0), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(values[1, r, c], q05, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(values[2, r, c], q95, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(values[3, r, c], sd, rtol=1e-4, atol=1e-4)
+    with rasterio.open(result.out) as src:
+        assert "interval heads" in " ".join(src.descriptions)
+
+
+def test_other_resolution_warps_and_warns(run_dir: Path, tmp_path: Path) -> None:
+    result = map_soc(run_dir, YEAR, tmp_path / "r.tif", bbox=BBOX, resolution=4000.0)
+    with rasterio.open(result.out) as src:
+        assert src.res == (4000.0, 4000.0) and 300 < result.n_mapped < 600
+    assert any("different area" in w for w in result.warnings)
+
+
+def test_region_from_argument_or_config(run_dir: Path, tmp_path: Path) -> None:
+    """A user polygon limits the map to its pixel centres; without one, the config's filters.region is used."""
+    polygon = {"type": "Polygon", "coordinates": [[[11.0, 48.0], [11.6, 48.0], [11.3, 48.4], [11.0, 48.0]]]}
+    path = tmp_path / "triangle.geojson"
+    path.write_text(
+        json.dumps({"type": "FeatureCollection", "features": [{"type": "Feature", "geometry": polygon}]})
+    )
+    stack = _stack(run_dir)
+    region = to_crs(load_region(path), stack.grid.crs)
+
+    def check(result: MapResult) -> None:
+        values, profile, tags = _read(result.out)
+        row0, col0 = _grid_offset(result.out, stack)
+        rows, cols = np.mgrid[row0 : row0 + values.shape[1], col0 : col0 + values.shape[2]]
+        inside = shapely.contains_xy(region, *(stack.grid.transform @ (cols + 0.5, rows + 0.5)))
+        assert result.n_region_pixels == inside.sum() > 200 and tags["region"] == str(path)
+        assert not (values[0] != profile["nodata"])[~inside].any()
+        minx, miny, maxx, maxy = region.bounds  # the output is cut to the polygon's bounds
+        assert values.shape[1] <= (maxy - miny) / 2000 + 2 and values.shape[2] <= (maxx - minx) / 2000 + 2
+
+    check(map_soc(run_dir, YEAR, tmp_path / "arg.tif", region=path))
+    folder = _single_model_run(run_dir, tmp_path / "with_region")
+    text = (folder / "config.yaml").read_text().replace("region: null", f"region: {path}")
+    (folder / "config.yaml").write_text(text)
+    check(map_soc(folder, YEAR, tmp_path / "config.tif"))
+
+
+def test_input_errors(run_dir: Path, mapped: Any, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"year 2005: .* 2001\.\.2005 .* 2002\.\.2023"):
+        map_soc(run_dir, 2005, tmp_path / "a.tif")
+    with pytest.raises(InputError, match=r"year 2031: .* 2027\.\.2031 .* 2002\.\.2023"):
+        map_soc(run_dir, 2031, tmp_path / "a.tif")
+    with pytest.raises(InputError, match="do not overlap"):
+        map_soc(run_dir, YEAR, tmp_path / "a.tif", bbox=(0.0, 0.0, 10.0, 10.0))
+    with pytest.raises(InputError, match="--scheduler 'thread'"):
+        map_soc(run_dir, YEAR, tmp_path / "a.tif", scheduler="thread")
+    with pytest.raises(InputError, match=r"config\.yaml is missing"):
+        map_soc(tmp_path, YEAR, tmp_path / "a.tif")
+    with pytest.raises(OutputError, match=r"\.tif"):
+        map_soc(run_dir, YEAR, tmp_path / "a.png")
+    with pytest.raises(OutputError, match="--overwrite"):
+        map_soc(run_dir, YEAR, mapped[0].out)
+    assert not list(tmp_path.iterdir())
+    assert parse_bbox("1,2,3,4") == (1.0, 2.0, 3.0, 4.0)
+    for bad in ("1,2,3", "a,b,c,d", "3,2,1,4"):
+        with pytest.raises(InputError, match="--bbox"):
+            parse_bbox(bad)
+
+
+def test_depth_tag_only_for_lucas_oc() -> None:
+    assert mapping._depth_tag({"column": "OC", "unit": "g/kg"}) == "0-20 cm (LUCAS topsoil)"
+    assert mapping._depth_tag({"column": "SOC", "unit": "g/kg"}) == "unknown"
+    assert mapping._depth_tag({"column": "OC", "unit": "%"}) == "unknown"
