@@ -100,3 +100,57 @@ def test_interrupted_atomic_write_leaves_no_file(tmp_path: Path, name: str) -> N
         tmp.write_bytes(b"half")
         raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sigkill_during_mapping_then_resume_gives_identical_cog(
+    small_synth_dir: Path, tmp_path: Path
+) -> None:
+    import numpy as np
+    import rasterio
+
+    from socmap.config import load_config
+    from socmap.mapping import map_soc
+    from socmap.train import train
+
+    overrides: dict[str, object] = {
+        "samples.path": str(small_synth_dir / "samples.csv"),
+        "covariates.root": str(small_synth_dir / "covariates"),
+        "train.epochs": 1,
+        "train.num_runs": 2,
+        "train.lstm_input_size": 16,
+        "train.lstm_hidden_size": 16,
+        "train.wandb_mode": "disabled",
+    }
+    threads = torch.get_num_threads()
+    try:
+        run = train(load_config(None, overrides), tmp_path / "run").out
+    finally:
+        torch.set_num_threads(threads)
+    reference = map_soc(run, 2023, tmp_path / "ref.tif", block_size=16).out
+
+    out = tmp_path / "killed.tif"
+    blocks = out.with_name(out.name + ".blocks")
+    args = [sys.executable, "-m", "socmap.cli", "map", "--run", str(run), "--year", "2023", "--out", str(out)]
+    proc = subprocess.Popen(
+        [*args, "--block-size", "16"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env()
+    )
+    deadline = time.monotonic() + 240
+    while len(list(blocks.glob("r*.npy"))) < 5:
+        assert proc.poll() is None, "mapping finished before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()  # no COG that looks complete
+    finished = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in blocks.glob("r*.npy")}
+    for path in finished:
+        np.load(blocks / path)  # every finished block is whole
+
+    resumed = subprocess.run(
+        [*args, "--block-size", "16", "--resume"], capture_output=True, text=True, env=_env(), check=False
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "blocks resumed" in resumed.stdout
+    with rasterio.open(reference) as a, rasterio.open(out) as b:
+        assert np.array_equal(a.read(), b.read(), equal_nan=True)
+        assert a.profile == b.profile
