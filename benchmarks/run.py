@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_extraction
 import bench_mapping
 import bench_realdata
+import bench_scaling
 import bench_synth
 import bench_training
 
@@ -30,6 +31,7 @@ SUITES = {
     "extraction": bench_extraction.run,
     "training": bench_training.run,
     "mapping": bench_mapping.run,
+    "scaling": bench_scaling.run,
     "realdata": bench_realdata.run,
 }
 
