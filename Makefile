@@ -2,13 +2,14 @@
 #   make demo   create .venv, install everything, run the full pipeline on the embedded demo data
 #   make test   same venv, run the test suite
 #   make bench  benchmark suite (outside CI; prints ratios, see docs/benchmarks.md)
+#   make bench-realdata  real-data benchmarks (Macedonia, Edgeroi)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_OUT ?= demo-output
 STAMP := $(VENV)/.socmap-installed
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench bench-realdata clean
 
 venv: $(STAMP)
 
@@ -35,6 +36,10 @@ lint: venv
 
 bench: venv
 	WANDB_MODE=disabled $(PY) benchmarks/run.py
+
+# real-data benchmarks (Macedonia vs the FAO cookbook, Edgeroi); need ../shared/data; ~10-15 min
+bench-realdata: venv
+	WANDB_MODE=disabled $(PY) benchmarks/run.py --only realdata
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .mypy_cache .ruff_cache
