@@ -17,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_cpu_options
 import bench_extraction
 import bench_mapping
 import bench_realdata
@@ -32,6 +33,7 @@ SUITES = {
     "training": bench_training.run,
     "mapping": bench_mapping.run,
     "scaling": bench_scaling.run,
+    "cpu-options": bench_cpu_options.run,
     "realdata": bench_realdata.run,
 }
 
