@@ -431,3 +431,17 @@ def test_model_catalogue(
     )
     check(result, Case(name, lambda e: [], "error", text))
     assert "code ran" not in result.stdout
+
+
+@pytest.mark.parametrize("command", ["synth", "prepare", "train"])
+def test_overwrite_never_deletes_an_unrelated_folder(command: str, tiny_master: Path, tmp_path: Path) -> None:
+    env = make_env(tiny_master, tmp_path)
+    env.out.mkdir()
+    (env.out / "thesis.docx").write_text("precious")
+    if command == "synth":
+        args = ["synth", "--out", str(env.out), "--resolution", "4000", "--n-locations", "60", "--overwrite"]
+    else:
+        args = [command, "--config", str(env.config), "--out", str(env.out), "--overwrite"]
+    result = run_cli(*args)
+    check(result, Case("unrelated folder", lambda e: [], "error", "refusing to"))
+    assert (env.out / "thesis.docx").read_text() == "precious"

@@ -53,13 +53,23 @@ def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def check_output_dir(path: str | Path, overwrite: bool) -> Path:
-    """Refuse an existing non-empty output folder unless ``overwrite``; prove the location is writable."""
+def check_output_dir(path: str | Path, overwrite: bool, marker: str | None = None) -> Path:
+    """Refuse an existing non-empty output folder unless ``overwrite``; prove the location is writable.
+
+    With ``marker`` (a file every socmap output of this kind holds), ``overwrite`` only ever replaces a
+    folder that has it: a mistyped --out can never delete an unrelated folder.
+    """
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise OutputError(f"output {out} exists and is not a folder; choose another --out")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise OutputError(f"output folder {out} exists and is not empty; pass --overwrite to replace it")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise OutputError(f"output folder {out} exists and is not empty; pass --overwrite to replace it")
+        if marker is not None and not (out / marker).exists():
+            raise OutputError(
+                f"output folder {out} is not empty and holds no {marker} of a socmap output; refusing to replace "
+                "it: choose a new or empty --out"
+            )
     ensure_writable_dir(out.resolve().parent, f"output folder {out}")
     return out
 
@@ -81,13 +91,13 @@ def ensure_writable_dir(folder: Path, what: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(path: str | Path, overwrite: bool = False, marker: str | None = None) -> Iterator[Path]:
     """Build a folder under a temporary name and rename it to ``path`` only when complete.
 
     An existing non-empty ``path`` is refused unless ``overwrite``; it is then replaced only after the new
     folder is complete, so a failed run leaves the old one intact.
     """
-    target = check_output_dir(path, overwrite)
+    target = check_output_dir(path, overwrite, marker)
     tmp = _tmp_sibling(target, is_dir=True)
     try:
         yield tmp

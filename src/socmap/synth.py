@@ -535,7 +535,7 @@ def synthesize(
     if n_locations < 50:
         raise InputError(f"--n-locations {n_locations}: expected at least 50")
     say = progress or (lambda _msg: None)
-    check_output_dir(out, overwrite)  # fail before minutes of work, not after
+    check_output_dir(out, overwrite, marker="truth.json")  # fail before minutes of work, not after
     region_4326 = load_region(region)
     region_m = to_crs(region_4326, f"EPSG:{CRS_EPSG}")
     grid = Grid.around(region_m.bounds, resolution, MARGIN_M)
@@ -560,7 +560,7 @@ def synthesize(
 
     years = list(range(FIRST_YEAR, LAST_YEAR + 1))
     n_rasters = 0
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, marker="truth.json") as tmp:
         cov = tmp / "covariates"
         elev_units, elev_title = STATIC_BANDS["Elevation"]
         _write_raster(

@@ -502,6 +502,11 @@ def train(
             raise OutputError(
                 f"run folder {out} exists and is not empty; pass --resume to continue it or --overwrite"
             )
+        if not (out / "config.yaml").is_file():
+            raise OutputError(
+                f"run folder {out} is not empty and is not a socmap run folder (no config.yaml); refusing to "
+                "delete it: choose a new or empty --out"
+            )
         import shutil
 
         shutil.rmtree(out)

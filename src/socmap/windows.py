@@ -221,7 +221,7 @@ def prepare(
                 f"prepared folder {out} was made from another config or other input files; "
                 "pass --overwrite to rebuild it"
             )
-    check_output_dir(out, overwrite)
+    check_output_dir(out, overwrite, marker="meta.json")
     started = time.perf_counter()
     say("reading samples")
     table = load_samples(config)
@@ -309,7 +309,7 @@ def prepare(
     ]
     if "uncertainty" in frame.columns:
         columns.append("uncertainty")
-    with atomic_dir(out, overwrite=True) as tmp:
+    with atomic_dir(out, overwrite=True, marker="meta.json") as tmp:
         arr = np.lib.format.open_memmap(tmp / "windows.npy", mode="w+", dtype=np.float32, shape=windows.shape)
         arr[...] = windows
         arr.flush()
