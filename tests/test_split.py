@@ -460,11 +460,38 @@ def test_random_kfold_groups_and_seeds() -> None:
 
 
 def test_make_splitter() -> None:
-    assert sorted(SPLITTERS) == ["buffered", "distance-split", "random", "spatial-block"]
+    assert sorted(SPLITTERS) == ["buffered", "distance-split", "knndm", "random", "spatial-block"]
     cv = make_splitter("spatial-block", n_splits=3, block_size_km=5.0)
     assert isinstance(cv, SpatialBlockKFold) and cv.n_splits == 3 and cv.block_size_km == 5.0
     with pytest.raises(InputError) as info:
         make_splitter("foo")
-    assert str(info.value) == "cv 'foo': expected one of buffered, distance-split, random, spatial-block"
+    assert str(info.value) == "cv 'foo': expected one of buffered, distance-split, knndm, random, spatial-block"
     with pytest.raises(InputError, match="cv 'random' option 'buffer_km': expected one of n_splits, seed"):
         make_splitter("random", buffer_km=1.0)
+
+
+# ------------------------------------------------------------------------------------------------ kNNDM
+def test_knndm_matches_the_prediction_distances() -> None:
+    from socmap.split import KNNDMKFold
+
+    rng = np.random.default_rng(5)
+    # samples in tight clusters; the map covers the whole area: mapping extrapolates far from samples
+    centres = rng.uniform([10.0, 48.0], [12.0, 49.5], size=(12, 2))
+    pts = np.concatenate([c + rng.normal(0, 0.01, size=(25, 2)) for c in centres])
+    pts = np.concatenate([pts, pts[:40]])  # repeat visits
+    prediction = rng.uniform([10.0, 48.0], [12.0, 49.5], size=(800, 2))
+    cv = KNNDMKFold(prediction, n_splits=4, seed=0)
+    folds = list(cv.split(pts))
+    test_sets = [te for _, te in folds]
+    assert sorted(np.concatenate(test_sets).tolist()) == list(range(len(pts)))  # a partition
+    groups = location_groups(pts[:, 0], pts[:, 1])
+    for tr, te in folds:
+        assert not set(groups[tr]) & set(groups[te])  # repeat visits never on both sides
+    w_random = dict(cv.candidates_)[max(q for q, _ in cv.candidates_)]
+    assert cv.w_ < 0.5 * w_random  # much closer to the map's distances than random k-fold
+    assert cv.q_ < 300  # clustered folds were chosen
+
+    # when the map only asks about the sampled places, random k-fold (all locations as units) fits best
+    dense = KNNDMKFold(pts, n_splits=4, seed=0)
+    list(dense.split(pts))
+    assert dense.q_ == max(q for q, _ in dense.candidates_)

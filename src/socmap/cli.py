@@ -457,7 +457,11 @@ def cv(
         str, typer.Option("--models", help="Comma-separated models: cnn_lstm, rf, qrf, xgb.")
     ] = "cnn_lstm,rf,qrf,xgb",
     design: Annotated[
-        str, typer.Option("--cv", help="spatial-block, buffered, random or distance-split.")
+        str,
+        typer.Option(
+            "--cv",
+            help="spatial-block, buffered, random, distance-split or knndm (matched to the region's map).",
+        ),
     ] = "spatial-block",
     folds: Annotated[
         int | None,

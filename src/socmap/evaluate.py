@@ -42,7 +42,8 @@ from socmap.windows import PreparedData
 
 DEEP_MODELS = ("cnn_lstm",)
 MODELS: tuple[str, ...] = (*DEEP_MODELS, *BASELINES)
-CV_DESIGNS = ("spatial-block", "buffered", "random", "distance-split")
+CV_DESIGNS = ("spatial-block", "buffered", "random", "distance-split", "knndm")
+N_PREDICTION_POINTS = 2000
 POINT_METRICS = ("r2", "pearson_r2", "rmse", "mae", "me", "rpiq", "ccc")
 INTERVAL_METRICS = ("picp", "interval_width", "interval_score")
 NOMINAL = 0.9  # the q05..q95 interval
@@ -105,7 +106,28 @@ def make_cv(config: SocmapConfig, cv: str, folds: int, seed: int) -> Any:
         return make_splitter(cv, n_splits=folds, seed=seed)
     if cv == "buffered":
         return make_splitter(cv, buffer_km=s.distance_km, n_splits=folds, seed=seed)
+    if cv == "knndm":
+        return make_splitter(cv, prediction_points=prediction_points(config, seed), n_splits=folds, seed=seed)
     return make_splitter(cv, val_ratio=s.val_ratio, min_distance_km=s.distance_km, n_splits=folds, seed=seed)
+
+
+def prediction_points(config: SocmapConfig, seed: int, n: int = N_PREDICTION_POINTS) -> NDArray[np.float64]:
+    """``n`` random lon/lat points inside the region to be mapped (``filters.region``, else Bavaria) for kNNDM."""
+    import shapely
+
+    from socmap.region import load_region
+
+    region = load_region(config.resolve(config.filters.region) if config.filters.region is not None else None)
+    minx, miny, maxx, maxy = region.bounds
+    rng = np.random.default_rng(seed)
+    points: list[NDArray[np.float64]] = []
+    total = 0
+    while total < n:
+        cand = np.column_stack([rng.uniform(minx, maxx, 4 * n), rng.uniform(miny, maxy, 4 * n)])
+        cand = cand[shapely.contains_xy(region, cand[:, 0], cand[:, 1])]
+        points.append(cand)
+        total += len(cand)
+    return np.concatenate(points)[:n]
 
 
 def make_folds(config: SocmapConfig, data: PreparedData, cv: str, folds: int, seed: int) -> list[Fold]:

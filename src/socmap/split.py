@@ -166,6 +166,15 @@ def _check_fraction(name: str, value: object) -> float:
     return float(value)
 
 
+def _local_xy(lon: FloatArray, lat: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """Metres in an azimuthal equidistant projection centred on the middle of the data's bounding box."""
+    lon0 = (float(lon.min()) + float(lon.max())) / 2.0
+    lat0 = (float(lat.min()) + float(lat.max())) / 2.0
+    aeqd = f"+proj=aeqd +lat_0={lat0:.8f} +lon_0={lon0:.8f} +datum=WGS84 +units=m +no_defs"
+    x, y = Transformer.from_crs("EPSG:4326", aeqd, always_xy=True).transform(lon, lat)
+    return np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+
+
 def _sorted(idx: NDArray[Any]) -> IntArray:
     return np.sort(np.asarray(idx, dtype=np.intp))
 
@@ -384,12 +393,8 @@ class SpatialBlockKFold(_SpatialCV):
         return self._blocks(lon, lat)
 
     def _blocks(self, lon: FloatArray, lat: FloatArray) -> IntArray:
-        lon0 = (float(lon.min()) + float(lon.max())) / 2.0
-        lat0 = (float(lat.min()) + float(lat.max())) / 2.0
-        aeqd = f"+proj=aeqd +lat_0={lat0:.8f} +lon_0={lon0:.8f} +datum=WGS84 +units=m +no_defs"
-        x, y = Transformer.from_crs("EPSG:4326", aeqd, always_xy=True).transform(lon, lat)
+        xa, ya = _local_xy(lon, lat)
         size_m = self.block_size_km * 1000.0
-        xa, ya = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
         # the grid starts at the data's projected south-west corner
         cells = np.column_stack(
             [
@@ -504,6 +509,80 @@ class RandomKFold(_SpatialCV):
             yield _sorted(np.flatnonzero(~test)), _sorted(np.flatnonzero(test))
 
 
+# ------------------------------------------------------------------------------------------------ kNNDM
+
+
+class KNNDMKFold(_SpatialCV):
+    """k-fold nearest-neighbour distance matching (kNNDM; Linnenbrink et al. 2024, Geosci. Model Dev. 17).
+
+    The folds are chosen so that the distances from each held-out sample to its nearest training sample
+    resemble the distances from the places to be mapped (``prediction_points``, lon/lat) to their nearest
+    sample: CV then asks the model the same extrapolation question the map does. Candidates: the locations are
+    clustered with k-means into q clusters (q from ``n_splits`` up to the number of locations, where q = all
+    locations is plain random k-fold), clusters are dealt to folds with balanced sizes, and the candidate with
+    the smallest Wasserstein distance W between the two distance distributions is used. ``w_``, ``q_`` and
+    ``candidates_`` report the choice.
+    """
+
+    def __init__(
+        self, prediction_points: ArrayLike, n_splits: int = 10, seed: int = 0, n_candidates: int = 12
+    ) -> None:
+        self.prediction_points = prediction_points
+        self.n_splits = _check_int("n_splits", n_splits, 2)
+        self.seed = _check_int("seed", seed, 0)
+        self.n_candidates = _check_int("n_candidates", n_candidates, 1)
+        self.w_: float = float("nan")
+        self.q_: int = 0
+        self.candidates_: list[tuple[int, float]] = []
+
+    def get_n_splits(self, X: Any = None, y: Any = None, groups: Any = None) -> int:
+        """Number of folds."""
+        return self.n_splits
+
+    def _split(self, lon: FloatArray, lat: FloatArray, groups: IntArray) -> Iterator[Split]:
+        from scipy.stats import wasserstein_distance
+        from sklearn.cluster import KMeans
+
+        plon, plat = coordinates(self.prediction_points)
+        n_loc = int(groups.max()) + 1
+        if n_loc < self.n_splits:
+            raise InputError(
+                f"n_splits {self.n_splits}: only {n_loc} locations; expected at least one per fold"
+            )
+        counts = np.bincount(groups)
+        loc_lon = np.bincount(groups, weights=lon) / counts
+        loc_lat = np.bincount(groups, weights=lat) / counts
+        tree = BallTree(_radians_latlon(loc_lon, loc_lat), metric="haversine")
+        prediction_d = tree.query(_radians_latlon(plon, plat), k=1)[0][:, 0] * EARTH_RADIUS_KM
+        xy = np.column_stack(_local_xy(loc_lon, loc_lat))
+        qs = np.unique(np.geomspace(self.n_splits, n_loc, self.n_candidates).round().astype(int))
+        best: tuple[float, int, IntArray] | None = None
+        self.candidates_ = []
+        for q in qs:
+            rng = np.random.default_rng(self.seed)
+            if q >= n_loc:
+                clusters = np.arange(n_loc)
+            else:
+                clusters = KMeans(n_clusters=int(q), n_init=1, random_state=self.seed).fit_predict(xy)
+            units = np.asarray(clusters, dtype=np.intp)[groups]
+            fold_of_loc = _balanced_folds(units, self.n_splits, rng)[clusters]
+            cv_d = np.empty(n_loc)
+            for f in range(self.n_splits):
+                inside = fold_of_loc == f
+                other = BallTree(_radians_latlon(loc_lon[~inside], loc_lat[~inside]), metric="haversine")
+                cv_d[inside] = other.query(_radians_latlon(loc_lon[inside], loc_lat[inside]), k=1)[0][:, 0]
+            w = float(wasserstein_distance(cv_d * EARTH_RADIUS_KM, prediction_d))
+            self.candidates_.append((int(q), w))
+            if best is None or w < best[0]:
+                best = (w, int(q), fold_of_loc)
+        assert best is not None
+        self.w_, self.q_ = best[0], best[1]
+        fold = best[2][groups]
+        for f in range(self.n_splits):
+            test = fold == f
+            yield _sorted(np.flatnonzero(~test)), _sorted(np.flatnonzero(test))
+
+
 # --------------------------------------------------------------------------------------------- registry
 
 SPLITTERS: dict[str, type[_SpatialCV]] = {
@@ -511,6 +590,7 @@ SPLITTERS: dict[str, type[_SpatialCV]] = {
     "spatial-block": SpatialBlockKFold,
     "buffered": BufferedLeaveOneOut,
     "random": RandomKFold,
+    "knndm": KNNDMKFold,
 }
 
 
