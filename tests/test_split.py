@@ -465,7 +465,9 @@ def test_make_splitter() -> None:
     assert isinstance(cv, SpatialBlockKFold) and cv.n_splits == 3 and cv.block_size_km == 5.0
     with pytest.raises(InputError) as info:
         make_splitter("foo")
-    assert str(info.value) == "cv 'foo': expected one of buffered, distance-split, knndm, random, spatial-block"
+    assert (
+        str(info.value) == "cv 'foo': expected one of buffered, distance-split, knndm, random, spatial-block"
+    )
     with pytest.raises(InputError, match="cv 'random' option 'buffer_km': expected one of n_splits, seed"):
         make_splitter("random", buffer_km=1.0)
 
