@@ -70,7 +70,7 @@ from socmap._atomic import atomic_file, write_json
 from socmap.config import load_config
 from socmap.data import RasterStack, discover_stack, read_block
 from socmap.errors import InputError, OutputError
-from socmap.predictor import Predictor, load_predictor
+from socmap.predictor import Predictor, load_predictor, member_dirs
 from socmap.region import load_region, to_crs
 from socmap.windows import window_offsets
 
@@ -199,12 +199,6 @@ def parse_bbox(text: str) -> tuple[float, float, float, float]:
     if minx >= maxx or miny >= maxy:
         raise InputError(f"--bbox {text!r}: expected minx < maxx and miny < maxy")
     return (minx, miny, maxx, maxy)
-
-
-def _member_dirs(run_dir: Path) -> list[Path]:
-    """Every run's model folder (``runs/run_<i>``, by i); a folder without runs is its own single model."""
-    runs = [p for p in run_dir.glob("runs/run_*") if p.name[4:].isdigit() and (p / "model.pt").is_file()]
-    return sorted(runs, key=lambda p: int(p.name[4:])) or [run_dir]
 
 
 def uncertainty_method(members: Sequence[Predictor]) -> str:
@@ -337,7 +331,7 @@ def plan_map(
     overrides: dict[str, Any] = {"grid.resolution": resolution} if resolution is not None else {}
     config = load_config(config_path, overrides)
     stack = discover_stack(config)
-    dirs = _member_dirs(run_dir)
+    dirs = member_dirs(run_dir)
     members = [load_predictor(d, expected_bands=stack.bands) for d in dirs]
     size, steps = int(members[0].spec["window_size"]), int(members[0].spec["time_steps"])
     for d, p in zip(dirs, members, strict=True):

@@ -150,14 +150,16 @@ def load_predictor(folder: str | Path, expected_bands: list[str] | None = None) 
     )
 
 
-def load_ensemble(run_dir: str | Path, expected_bands: list[str] | None = None) -> list[Predictor]:
-    """Every run's model of a run folder (``runs/run_<i>``), or the folder's single model."""
+def member_dirs(run_dir: str | Path) -> list[Path]:
+    """Every run's model folder (``runs/run_<i>``, by i); a folder without runs is its own single model."""
     run_dir = Path(run_dir)
-    folders = sorted((run_dir / "runs").glob("run_*"), key=lambda p: int(p.name.split("_")[1]))
-    folders = [f for f in folders if (f / "model.pt").is_file()]
-    if not folders:
-        return [load_predictor(run_dir, expected_bands)]
-    return [load_predictor(f, expected_bands) for f in folders]
+    runs = [p for p in run_dir.glob("runs/run_*") if p.name[4:].isdigit() and (p / "model.pt").is_file()]
+    return sorted(runs, key=lambda p: int(p.name[4:])) or [run_dir]
+
+
+def load_ensemble(run_dir: str | Path, expected_bands: list[str] | None = None) -> list[Predictor]:
+    """Every run's model of a run folder (see :func:`member_dirs`)."""
+    return [load_predictor(f, expected_bands) for f in member_dirs(run_dir)]
 
 
 def predict_table(
