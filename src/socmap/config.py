@@ -17,6 +17,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from socmap.errors import InputError
 
+__all__ = [
+    "CV_DESIGNS",
+    "CVConfig",
+    "MapConfig",
+    "SocmapConfig",
+    "dump_config",
+    "load_config",
+    "parse_override",
+]
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -178,7 +188,10 @@ class SamplingConfig(_Section):
 class TrainConfig(_Section):
     """Training of the deep model (flags of `socmap train` override these)."""
 
-    model: Literal["cnn_lstm"] = Field("cnn_lstm", description="Deep model architecture.")
+    model: str = Field(
+        "cnn_lstm",
+        description="Model kind of `socmap train` (cnn_lstm, rf, qrf, xgb, linear, ensemble or a registered kind).",
+    )
     lstm_input_size: int = Field(128, ge=1, description="CNN feature size fed to the LSTM per step.")
     lstm_hidden_size: int = Field(128, ge=1, description="LSTM hidden size.")
     num_layers: int = Field(2, ge=1, description="LSTM layers.")
@@ -214,11 +227,75 @@ class TrainConfig(_Section):
     )
     vary_split: bool = Field(False, description="Give every run its own validation split (seed + run).")
     seed: int = Field(0, description="Seed of run 0 (run i uses seed + i).")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch's default).")
+    threads: int | None = Field(
+        None, ge=1, description="CPU threads of torch and the tree models (None: torch's default / all cores)."
+    )
     wandb_mode: Literal["online", "offline", "disabled"] | None = Field(
         None, description="Weights & Biases mode; None: $WANDB_MODE or offline (never online unless asked)."
     )
     wandb_project: str = Field("socmap", description="Weights & Biases project.")
+
+
+class MapConfig(_Section):
+    """`socmap map` settings (its flags override these)."""
+
+    year: str | None = Field(
+        None, description="Time label to map (its covariates and the T-1 before it); None: static stacks only."
+    )
+    region: Path | None = Field(None, description="Region polygon; None: filters.region, else the default region.")
+    resolution: float | None = Field(None, gt=0, description="Pixel size in grid CRS units; None: the grid's.")
+    bbox: list[float] | None = Field(None, description="minx, miny, maxx, maxy in the grid's CRS.")
+    block_size: int = Field(512, ge=16, le=8192, description="Block edge in pixels (one task, one resume unit).")
+    batch_size: int = Field(1024, ge=1, description="Windows per model batch.")
+    scheduler: str | None = Field(
+        None, description="None (this process), threads, processes or a dask.distributed address tcp://..."
+    )
+
+    @field_validator("year", mode="before")
+    @classmethod
+    def _year_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("bbox")
+    @classmethod
+    def _check_bbox(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and (len(value) != 4 or value[0] >= value[2] or value[1] >= value[3]):
+            raise ValueError(f"bbox {value}: expected [minx, miny, maxx, maxy] with minx < maxx, miny < maxy")
+        return value
+
+    @field_validator("scheduler")
+    @classmethod
+    def _check_scheduler(cls, value: str | None) -> str | None:
+        if value is not None and value not in {"threads", "processes"} and "://" not in value:
+            raise ValueError(
+                f"scheduler {value!r}: expected threads, processes or a dask.distributed address such as "
+                "tcp://host:8786"
+            )
+        return value
+
+
+CV_DESIGNS = ("spatial-block", "buffered", "random", "distance-split", "knndm")
+
+
+class CVConfig(_Section):
+    """`socmap cv` settings (its flags override these)."""
+
+    design: Literal["spatial-block", "buffered", "random", "distance-split", "knndm"] = Field(
+        "spatial-block", description="Cross-validation design."
+    )
+    folds: int | None = Field(None, ge=1, description="Folds (buffered: held-out locations; None: split.folds).")
+    models: list[str] = Field(
+        ["cnn_lstm", "rf", "qrf", "xgb"], description="Model kinds compared on identical folds."
+    )
+    seed: int | None = Field(None, description="Seed of the folds; None: split.seed.")
+
+    @field_validator("models")
+    @classmethod
+    def _check_models(cls, value: list[str]) -> list[str]:
+        names = list(dict.fromkeys(m.strip() for m in value if m.strip()))
+        if not names:
+            raise ValueError("cv.models: expected at least one model kind")
+        return names
 
 
 class SocmapConfig(_Section):
@@ -233,7 +310,24 @@ class SocmapConfig(_Section):
     split: SplitConfig = Field(default_factory=SplitConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    models: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Options per model kind, e.g. {rf: {n_estimators: 500}, ensemble: {members: [rf, xgb]}}.",
+    )
+    map: MapConfig = Field(default_factory=MapConfig)
+    cv: CVConfig = Field(default_factory=CVConfig)
     base_dir: Path = Field(Path("."), description="Folder relative paths are resolved against (the YAML's).")
+
+    @model_validator(mode="after")
+    def _check_model_kinds(self) -> SocmapConfig:
+        from socmap.models.registry import available_models
+
+        kinds = available_models()
+        for key, names in (("train.model", [self.train.model]), ("cv.models", self.cv.models), ("models", list(self.models))):
+            bad = [n for n in names if n not in kinds]
+            if bad:
+                raise ValueError(f"{key}: {', '.join(map(repr, bad))} is not a model kind; expected one of {', '.join(kinds)}")
+        return self
 
     def resolve(self, path: Path) -> Path:
         """A path from the config, resolved against the config file's folder."""
@@ -335,7 +429,7 @@ def parse_override(text: str) -> tuple[str, Any]:
 def dump_config(config: SocmapConfig) -> str:
     """The resolved config as YAML (paths absolute), written into every run and prepared folder."""
     data = config.model_dump(mode="json", exclude={"base_dir"})
-    for section, key in (("samples", "path"), ("covariates", "root"), ("filters", "region")):
+    for section, key in (("samples", "path"), ("covariates", "root"), ("filters", "region"), ("map", "region")):
         value = getattr(getattr(config, section), key)
         if value is not None:
             data[section][key] = str(config.resolve(Path(value)).resolve())

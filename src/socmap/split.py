@@ -18,7 +18,7 @@ import inspect
 import math
 import numbers
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -30,6 +30,23 @@ from sklearn.model_selection import BaseCrossValidator
 from sklearn.neighbors import BallTree
 
 from socmap.errors import InputError
+
+if TYPE_CHECKING:
+    from socmap.config import SplitConfig
+
+__all__ = [
+    "SPLITTERS",
+    "BufferedLeaveOneOut",
+    "DistanceSplit",
+    "KNNDMKFold",
+    "RandomKFold",
+    "SpatialBlockKFold",
+    "haversine_km",
+    "location_groups",
+    "make_splitter",
+    "split_report",
+    "splitter_for",
+]
 
 EARTH_RADIUS_KM = 6371.0088  # mean Earth radius (IUGG)
 # Radius queries are widened by this relative amount so that float round-off between BallTree and
@@ -604,3 +621,36 @@ def make_splitter(name: str, **kwargs: Any) -> _SpatialCV:
         if key not in allowed:
             raise InputError(f"cv {name!r} option {key!r}: expected one of {', '.join(allowed)}")
     return cls(**kwargs)
+
+
+def splitter_for(
+    split: SplitConfig,
+    design: str,
+    folds: int,
+    seed: int,
+    prediction_points: FloatArray | None = None,
+) -> _SpatialCV:
+    """The one place a configuration becomes a splitter (``socmap train``'s hold-out and ``socmap cv``'s folds).
+
+    Args:
+        split: the ``split`` config section (distances, block size, validation share).
+        design: spatial-block, random, buffered, distance-split or knndm.
+        folds: folds (buffered: held-out locations; distance-split: repeated hold-outs).
+        seed: seed of the folds.
+        prediction_points: lon/lat [m, 2] of the area to be mapped (kNNDM only).
+    """
+    if design == "spatial-block":
+        return make_splitter(design, n_splits=folds, block_size_km=split.block_size_km, seed=seed)
+    if design == "random":
+        return make_splitter(design, n_splits=folds, seed=seed)
+    if design == "buffered":
+        return make_splitter(design, buffer_km=split.distance_km, n_splits=folds, seed=seed)
+    if design == "knndm":
+        if prediction_points is None:
+            raise InputError("cv knndm: needs the prediction area's points (prediction_points)")
+        return make_splitter(design, prediction_points=prediction_points, n_splits=folds, seed=seed)
+    if design == "distance-split":
+        return make_splitter(
+            design, val_ratio=split.val_ratio, min_distance_km=split.distance_km, n_splits=folds, seed=seed
+        )
+    raise InputError(f"cv {design!r}: expected one of {', '.join(sorted(SPLITTERS))}")

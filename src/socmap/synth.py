@@ -716,3 +716,24 @@ def _fit_truth_params(feats: dict[str, NDArray[np.float64]]) -> dict[str, Any]:
     params["peat_threshold"] = float(np.quantile(_peat_index(z_wet, z_tpi), PEAT_QUANTILE))
     params["mu"] = float(np.log(TARGET_MEDIAN_OC) - np.log(np.median(soc_truth(feats, params))))
     return params
+
+
+def known_r2_ceiling(samples_path: Path, samples: pd.DataFrame, rows: NDArray[np.int64]) -> float | None:
+    """Best possible R² of the samples ``rows`` when the data set comes with a known truth (synthetic data).
+
+    Reads ``truth.csv`` beside ``samples_path`` (written by :func:`synthesize`); None for real data sets or
+    fewer than two rows.
+    """
+    from socmap.metrics import regression_metrics
+
+    truth_path = Path(samples_path).parent / "truth.csv"
+    if not truth_path.is_file() or np.asarray(rows).size < 2:
+        return None
+    truth = pd.read_csv(truth_path, dtype={"POINTID": str})
+    chosen = samples.iloc[np.asarray(rows)]
+    merged = chosen.merge(
+        truth, left_on=["sample_id", "year"], right_on=["POINTID", "year"], how="left", validate="one_to_one"
+    )
+    if merged["OC_truth"].isna().any():
+        return None
+    return float(regression_metrics(merged["target"], merged["OC_truth"])["r2"])

@@ -13,6 +13,7 @@ and at training and mapping time NaN becomes the training mean of its band and s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections import Counter, defaultdict
@@ -31,6 +32,17 @@ from socmap._atomic import atomic_dir, check_output_dir, write_json
 from socmap.config import SocmapConfig, dump_config
 from socmap.data import DROP_REASONS, GridSpec, RasterStack, discover_stack, load_samples, read_block
 from socmap.errors import InputError, OutputError
+from socmap.models.base import InputSpec, TargetInfo
+
+__all__ = [
+    "PreparedData",
+    "PreparedMeta",
+    "extract_windows",
+    "extract_windows_naive",
+    "load_prepared",
+    "prepare",
+    "window_offsets",
+]
 
 STRIP_ROWS = 512  # rows of sample centres read per strip (bounded memory on large rasters)
 
@@ -165,21 +177,87 @@ def extract_windows_naive(
 
 # --------------------------------------------------------------------------------------------------- prepare
 @dataclass
+class PreparedMeta:
+    """``meta.json`` of a prepared folder: bands, window geometry, grid, target, drops, warnings, fingerprint."""
+
+    name: str
+    bands: list[str]
+    static_bands: list[str]
+    temporal_bands: list[str]
+    time_labels: list[str]
+    time_steps: int
+    window_size: int
+    shape: list[int]
+    grid: dict[str, Any]
+    target: TargetInfo
+    n_input_rows: int
+    n_samples: int
+    n_locations: int
+    drops: dict[str, int]
+    warnings: list[str]
+    fingerprint: dict[str, Any]
+    seconds: float = 0.0
+    socmap_version: str = __version__
+    nodata_policy: str = "NaN in windows.npy; filled with the training mean of band and step when used"
+
+    def input_spec(self) -> InputSpec:
+        """What a model fitted on these windows reads (see :class:`socmap.models.InputSpec`)."""
+        return InputSpec(
+            tuple(self.bands),
+            tuple(self.static_bands),
+            self.window_size,
+            self.time_steps,
+            tuple(self.time_labels),
+            self.grid,
+            self.target,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON written as ``meta.json``."""
+        out = dataclasses.asdict(self)
+        out["target"] = self.target.to_json()
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PreparedMeta:
+        """Inverse of :meth:`to_json` (unknown keys of older versions are ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        values["target"] = TargetInfo.from_json(data.get("target", {}))
+        return cls(**values)
+
+
+@dataclass
 class PreparedData:
     """A prepared data set: windows (memory-mapped), one row per sample, and its metadata."""
 
     path: Path
     windows: NDArray[np.float32]
     samples: pd.DataFrame
-    meta: dict[str, Any]
+    meta: PreparedMeta
 
     @property
     def bands(self) -> list[str]:
-        return list(self.meta["bands"])
+        return list(self.meta.bands)
 
     @property
     def target(self) -> NDArray[np.float64]:
         return self.samples["target"].to_numpy(np.float64)
+
+    @property
+    def coords(self) -> NDArray[np.float64]:
+        """[N, 2] lon/lat degrees of the samples."""
+        return self.samples[["lon", "lat"]].to_numpy(np.float64)
+
+    def sigma(self) -> NDArray[np.float64] | None:
+        """Per-sample measurement sd (``samples.uncertainty``), or None."""
+        if "uncertainty" not in self.samples.columns:
+            return None
+        return self.samples["uncertainty"].to_numpy(np.float64)
+
+    def subset(self, rows: NDArray[np.int64]) -> PreparedData:
+        """The same windows with only ``rows`` of the sample table (row positions renumbered from 0)."""
+        return PreparedData(self.path, self.windows, self.samples.iloc[rows].reset_index(drop=True), self.meta)
 
 
 def _fingerprint(config: SocmapConfig, stack: RasterStack | None = None) -> dict[str, Any]:
@@ -272,27 +350,25 @@ def prepare(
     frame = table.frame
 
     drops = {r: table.drops.get(r, 0) for r in DROP_REASONS if table.drops.get(r, 0)}
-    meta: dict[str, Any] = {
-        "socmap_version": __version__,
-        "name": config.name,
-        "bands": stack.bands,
-        "static_bands": stack.static,
-        "temporal_bands": stack.temporal,
-        "time_labels": stack.time_labels,
-        "time_steps": steps,
-        "window_size": size,
-        "shape": list(windows.shape),
-        "grid": grid.to_json(),
-        "target": {"column": config.samples.target, "unit": config.samples.target_unit},
-        "n_input_rows": table.n_input,
-        "n_samples": len(frame),
-        "n_locations": int(frame[["lon", "lat"]].round(6).drop_duplicates().shape[0]),
-        "drops": drops,
-        "warnings": table.warnings + stack.notes + [f"warped {k}: {v}" for k, v in stack.warped.items()],
-        "nodata_policy": "NaN in windows.npy; filled with the training mean of band and step when used",
-        "fingerprint": fingerprint,
-        "seconds": round(time.perf_counter() - started, 3),
-    }
+    meta = PreparedMeta(
+        name=config.name,
+        bands=stack.bands,
+        static_bands=stack.static,
+        temporal_bands=stack.temporal,
+        time_labels=stack.time_labels,
+        time_steps=steps,
+        window_size=size,
+        shape=list(windows.shape),
+        grid=grid.to_json(),
+        target=TargetInfo(config.samples.target, config.samples.target_unit),
+        n_input_rows=table.n_input,
+        n_samples=len(frame),
+        n_locations=int(frame[["lon", "lat"]].round(6).drop_duplicates().shape[0]),
+        drops=drops,
+        warnings=table.warnings + stack.notes + [f"warped {k}: {v}" for k, v in stack.warped.items()],
+        fingerprint=fingerprint,
+        seconds=round(time.perf_counter() - started, 3),
+    )
     columns = [
         "sample_id",
         "lon",
@@ -315,7 +391,7 @@ def prepare(
         arr.flush()
         del arr
         frame[columns].to_parquet(tmp / "samples.parquet", index=False)
-        write_json(tmp / "meta.json", meta)
+        write_json(tmp / "meta.json", meta.to_json())
         (tmp / "config.yaml").write_text(dump_config(config), encoding="utf-8")
     return load_prepared(out), False
 
@@ -340,7 +416,7 @@ def load_prepared(path: str | Path) -> PreparedData:
     for name in ("windows.npy", "samples.parquet", "meta.json"):
         if not (folder / name).is_file():
             raise InputError(f"prepared folder {folder}: {name} is missing; run socmap prepare first")
-    meta = json.loads((folder / "meta.json").read_text())
+    meta = PreparedMeta.from_json(json.loads((folder / "meta.json").read_text()))
     windows = np.load(folder / "windows.npy", mmap_mode="r")
     samples = pd.read_parquet(folder / "samples.parquet")
     if windows.shape[0] != len(samples):
@@ -350,11 +426,11 @@ def load_prepared(path: str | Path) -> PreparedData:
     return PreparedData(folder, windows, samples, meta)
 
 
-def drops_summary(meta: dict[str, Any]) -> str:
+def drops_summary(meta: PreparedMeta) -> str:
     """Human-readable drop counts."""
-    drops = Counter(meta.get("drops", {}))
+    drops = Counter(meta.drops)
     total = sum(drops.values())
     parts = ", ".join(f"{k} {v}" for k, v in drops.items())
-    return f"kept {meta['n_samples']} of {meta['n_input_rows']} rows" + (
+    return f"kept {meta.n_samples} of {meta.n_input_rows} rows" + (
         f"; dropped {total} ({parts})" if total else ""
     )

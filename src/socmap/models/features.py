@@ -1,29 +1,26 @@
-"""Baselines soil scientists trust, as scikit-learn pipelines on the same window tensors as the deep model.
+"""Window features for the tree and linear models: a window stack -> one feature vector per sample.
 
-Every model reads the prepared windows ``[N, C, H, W, T]`` (NaN = nodata), so baselines and the CNN-LSTM are
+Every model reads the prepared windows ``[N, C, H, W, T]`` (NaN = nodata), so tree, linear and deep models are
 compared on identical inputs and identical folds. :class:`WindowFeatures` turns a window into a fixed feature
-vector (what a soil scientist would extract by hand for a random forest); :func:`make_baseline` returns
-``Pipeline([("features", WindowFeatures), ("model", estimator)])`` for ``rf``, ``qrf`` or ``xgb``.
-
-Defaults are chosen to run in minutes on ~16k samples with 2 cores; the seed project's forest (1000 trees,
-depth 10) is ``make_baseline("rf", n_estimators=1000, max_depth=10)``.
+vector (what a soil scientist would extract by hand for a random forest); its fitted state is plain arrays,
+saved as JSON with the model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.impute import SimpleImputer
-from sklearn.pipeline import Pipeline
 
 from socmap.errors import InputError
 
+__all__ = ["WindowFeatures"]
+
 CHUNK = 4096
-INTERVAL_QUANTILES: tuple[float, float, float] = (0.05, 0.5, 0.95)
 
 FloatArray = NDArray[np.float64]
 
@@ -220,96 +217,29 @@ class WindowFeatures(TransformerMixin, BaseEstimator):  # type: ignore[misc]
             raise InputError("WindowFeatures.get_feature_names_out: call fit first")
         return np.asarray(self.feature_names_, dtype=object)
 
+    # ---------------------------------------------------------------- persistence (no pickle)
+    def to_state(self) -> dict[str, Any]:
+        """The fitted state as JSON-serialisable data."""
+        if not hasattr(self, "fill_values_"):
+            raise InputError("WindowFeatures.to_state: call fit first")
+        return {
+            "static_channels": [int(i) for i in self.static_channels],
+            "band_names": list(self.band_names) if self.band_names is not None else None,
+            "window_shape": list(self.window_shape_),
+            "fill_values": [float(v) for v in self.fill_values_],
+        }
 
-# -------------------------------------------------------------------------------------------- model factories
-
-
-def _rf(seed: int, n_jobs: int, **params: Any) -> Any:
-    from sklearn.ensemble import RandomForestRegressor
-
-    # R randomForest's regression defaults (mtry = p/3, nodesize 5), 300 trees: accuracy is flat beyond that
-    defaults: dict[str, Any] = {"n_estimators": 300, "max_features": 1 / 3, "min_samples_leaf": 5}
-    return RandomForestRegressor(**(defaults | params), random_state=seed, n_jobs=n_jobs)
-
-
-def _qrf(seed: int, n_jobs: int, **params: Any) -> Any:
-    from quantile_forest import RandomForestQuantileRegressor
-
-    # the point prediction is the conditional mean (comparable to rf); quantiles via predict_quantiles.
-    # max_samples_leaf=None keeps every training value in the leaves (exact Meinshausen quantiles).
-    defaults: dict[str, Any] = {
-        "n_estimators": 300,
-        "max_features": 1 / 3,
-        "min_samples_leaf": 5,
-        "max_samples_leaf": None,
-        "default_quantiles": "mean",
-    }
-    return RandomForestQuantileRegressor(**(defaults | params), random_state=seed, n_jobs=n_jobs)
-
-
-def _xgb(seed: int, n_jobs: int, **params: Any) -> Any:
-    from xgboost import XGBRegressor
-
-    defaults: dict[str, Any] = {
-        "n_estimators": 400,
-        "learning_rate": 0.05,
-        "max_depth": 6,
-        "min_child_weight": 5,
-        "subsample": 0.8,
-        "colsample_bytree": 0.8,
-        "reg_lambda": 1.0,
-        "tree_method": "hist",
-        "device": "cpu",
-    }
-    return XGBRegressor(**(defaults | params), random_state=seed, n_jobs=n_jobs)
-
-
-BASELINES: dict[str, Callable[..., Any]] = {"rf": _rf, "qrf": _qrf, "xgb": _xgb}
-INTERVAL_BASELINES = frozenset({"qrf"})
-
-
-def make_baseline(
-    name: str,
-    *,
-    seed: int = 0,
-    n_jobs: int = 2,
-    static_channels: Sequence[int] = (),
-    band_names: Sequence[str] | None = None,
-    window_shape: tuple[int, int, int, int] | None = None,
-    **params: Any,
-) -> Pipeline:
-    """``Pipeline([features, model])`` for baseline ``name`` (rf, qrf or xgb), seeded for reproducibility.
-
-    ``params`` go to the model (e.g. ``n_estimators=1000, max_depth=10``); the feature options are those of
-    :class:`WindowFeatures`.
-    """
-    if name not in BASELINES:
-        raise InputError(f"baseline {name!r}: expected one of {', '.join(BASELINES)}")
-    reserved = {"random_state", "n_jobs"} & set(params)
-    if reserved:
-        raise InputError(f"baseline {name!r}: set {', '.join(sorted(reserved))} through seed / n_jobs")
-    allowed = set(BASELINES[name](seed, n_jobs).get_params())
-    unknown = sorted(set(params) - allowed)
-    if unknown:
-        raise InputError(
-            f"baseline {name!r} option(s) {', '.join(unknown)}: expected among {', '.join(sorted(allowed))}"
-        )
-    model = BASELINES[name](seed, n_jobs, **params)
-    features = WindowFeatures(
-        static_channels=tuple(static_channels), band_names=band_names, window_shape=window_shape
-    )
-    return Pipeline([("features", features), ("model", model)])
-
-
-def predict_quantiles(
-    pipeline: Pipeline, X: Any, quantiles: Sequence[float] = INTERVAL_QUANTILES
-) -> FloatArray | None:
-    """Quantile predictions [N, len(quantiles)] of a quantile-forest pipeline (sorted per row), else None."""
-    from quantile_forest import RandomForestQuantileRegressor
-
-    if not isinstance(pipeline[-1], RandomForestQuantileRegressor):
-        return None
-    out = np.asarray(pipeline.predict(X, quantiles=list(quantiles)), dtype=np.float64).reshape(
-        -1, len(quantiles)
-    )
-    return np.sort(out, axis=1)  # interpolated quantiles are monotone; sorting guards against round-off
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> WindowFeatures:
+        """Inverse of :meth:`to_state`."""
+        shape = tuple(int(v) for v in state["window_shape"])
+        features = cls(tuple(state["static_channels"]), state.get("band_names"), None)
+        features.window_shape_ = shape  # type: ignore[assignment]
+        features.feature_names_ = features.feature_names(shape)  # type: ignore[arg-type]
+        features.fill_values_ = np.asarray(state["fill_values"], dtype=np.float64)
+        features.n_features_out_ = int(features.fill_values_.size)
+        if features.n_features_out_ != len(features.feature_names_):
+            raise InputError(
+                f"window features: {features.n_features_out_} fill values for {len(features.feature_names_)} features"
+            )
+        return features

@@ -2,18 +2,24 @@
 
 ``RefittedCovLSTM`` is the seed project's CNN-LSTM: a small CNN reads every time step's window, an LSTM reads
 the chronological sequence (oldest first), and a fusion head combines the LSTM state with the last step's CNN
-features. Models never move themselves to a device (Accelerate does that) and travel as a state dict plus a
-JSON config (:func:`model_config` / :func:`build_model`).
+features. Networks never move themselves to a device (Accelerate does that); they travel as a state dict plus
+the JSON keyword arguments of :func:`build_network` (see :mod:`socmap.models.deep`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from socmap.errors import InputError
+
+if TYPE_CHECKING:
+    from socmap.config import TrainConfig
+    from socmap.models.base import InputSpec
+
+__all__ = ["NETWORKS", "RefittedCovLSTM", "build_network", "count_parameters", "network_options"]
 
 
 class RefittedCovLSTM(nn.Module):
@@ -74,20 +80,31 @@ class RefittedCovLSTM(nn.Module):
         return self.fusion(fused)
 
 
-MODELS: dict[str, type[nn.Module]] = {"cnn_lstm": RefittedCovLSTM}
+NETWORKS: dict[str, type[nn.Module]] = {"cnn_lstm": RefittedCovLSTM}
 
 
-def build_model(name: str, **kwargs: Any) -> nn.Module:
-    """Instantiate a registered model by name (``cnn_lstm``)."""
-    if name not in MODELS:
-        raise InputError(f"model {name!r}: expected one of {', '.join(sorted(MODELS))}")
-    return MODELS[name](**kwargs)
+def build_network(name: str, **kwargs: Any) -> nn.Module:
+    """Instantiate a registered network by name (``cnn_lstm``)."""
+    if name not in NETWORKS:
+        raise InputError(f"network {name!r}: expected one of {', '.join(sorted(NETWORKS))}")
+    return NETWORKS[name](**kwargs)
 
 
-def model_config(name: str, **kwargs: Any) -> dict[str, Any]:
-    """The JSON-serialisable description :func:`build_model` rebuilds a model from."""
-    return {"name": name, "kwargs": kwargs}
+def network_options(name: str, train: TrainConfig, inputs: InputSpec, n_outputs: int) -> dict[str, Any]:
+    """The JSON-serialisable keyword arguments :func:`build_network` rebuilds network ``name`` from."""
+    if name not in NETWORKS:
+        raise InputError(f"network {name!r}: expected one of {', '.join(sorted(NETWORKS))}")
+    return {
+        "num_channels": len(inputs.bands),
+        "lstm_input_size": train.lstm_input_size,
+        "lstm_hidden_size": train.lstm_hidden_size,
+        "num_layers": train.num_layers,
+        "dropout": train.dropout,
+        "window_size": inputs.window_size,
+        "n_outputs": n_outputs,
+    }
 
 
 def count_parameters(model: nn.Module) -> int:
+    """Trainable and frozen parameters of a network."""
     return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,360 @@
+"""Tree and linear models on window features: random forest, quantile forest, XGBoost, ridge regression.
+
+Each is a :class:`FeatureModel`: :class:`~socmap.models.features.WindowFeatures` (fill values fitted on the
+training rows only) -> target transform (fitted on the training targets) -> a scikit-learn-style estimator,
+with predictions inverted to the original unit. Quantile-forest quantiles pass through the monotone inverse
+transform exactly.
+
+Persistence without pickle (chosen per library, see the README's model section):
+- ``rf``, ``qrf``: skops (``estimator.skops``), loaded only when every type skops does not trust by default is
+  on an explicit list (scikit-learn's tree, quantile-forest's regressor and forest); anything else is refused.
+- ``xgb``: XGBoost's own UBJSON (``estimator.ubj``), a data-only format.
+- ``linear``: coefficients in ``model.json``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from socmap._atomic import atomic_file
+from socmap.errors import InputError
+from socmap.models.base import PREDICT_BATCH, FitData, FitInfo, FloatArray, InputSpec, SocModel, read_rows
+from socmap.models.features import WindowFeatures
+from socmap.transforms import TargetTransform
+
+__all__ = ["FeatureModel", "ForestModel", "LinearModel", "QuantileForestModel", "XGBoostModel"]
+
+ESTIMATOR_SKOPS = "estimator.skops"
+ESTIMATOR_UBJ = "estimator.ubj"
+# types skops does not trust by default that a fitted forest's file holds (skops already trusts scikit-learn's
+# estimators and numpy); any other type in a file (e.g. a pickled function) is refused
+TRUSTED_TYPES = (
+    "sklearn.tree._tree.Tree",
+    "quantile_forest._quantile_forest.RandomForestQuantileRegressor",
+    "quantile_forest._quantile_forest_fast.QuantileForest",
+)
+
+
+def default_jobs() -> int:
+    """Threads for fitting: every core this process may use."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+class FeatureModel(SocModel):
+    """Window features -> target transform -> estimator. Subclasses build, save and load the estimator."""
+
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, params: dict[str, Any] | None = None, target_transform: str = "none", n_jobs: int = 0):
+        self.params: dict[str, Any] = {}
+        self.n_jobs = n_jobs or default_jobs()
+        self.check_params(dict(params or {}))
+        self.params = dict(params or {})
+        self.transform = TargetTransform(target_transform)
+        self.features: WindowFeatures | None = None
+        self.estimator: Any = None
+        self.seed = 0
+
+    # ------------------------------------------------------------------ subclass hooks
+    def build(self, seed: int) -> Any:
+        """An unfitted estimator with ``defaults | params``."""
+        raise NotImplementedError
+
+    def allowed_params(self) -> set[str]:
+        """Option names the estimator accepts."""
+        return set(self.build(0).get_params())
+
+    def check_params(self, params: dict[str, Any]) -> None:
+        """Refuse unknown or reserved options, naming the allowed ones."""
+        reserved = {"random_state", "n_jobs", "seed"} & set(params)
+        if reserved:
+            raise InputError(
+                f"models.{self.kind}: {', '.join(sorted(reserved))} are set by socmap (train.seed, train.threads)"
+            )
+        allowed = self.allowed_params()
+        unknown = sorted(set(params) - allowed)
+        if unknown:
+            raise InputError(
+                f"models.{self.kind} option(s) {', '.join(unknown)}: expected among {', '.join(sorted(allowed))}"
+            )
+
+    def save_estimator(self, folder: Path) -> str:
+        """Write the fitted estimator; returns its file name."""
+        raise NotImplementedError
+
+    def load_estimator(self, path: Path) -> Any:
+        """Read an estimator written by :meth:`save_estimator` (refusing code)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ the interface
+    def fit(self, data: FitData) -> FitInfo:
+        """Features and fill values from the training rows, then the estimator on transformed targets."""
+        self.inputs = data.inputs
+        self.seed = data.seed
+        self.features = WindowFeatures(data.inputs.static_channels, list(data.inputs.bands))
+        x = self.features.fit_transform(read_rows(data.windows, data.train))
+        y = data.target[data.train]
+        self.transform.fit(y)
+        self.estimator = self.build(data.seed)
+        self.estimator.fit(x, self.transform.forward(y))
+        return FitInfo(parameters=self.n_parameters())
+
+    def n_parameters(self) -> int:
+        """Tree nodes (forests) or coefficients (linear): a size comparable across kinds."""
+        return 0
+
+    def _features(self, windows: NDArray[np.float32]) -> FloatArray:
+        if self.features is None or self.estimator is None:
+            raise InputError(f"model {self.kind!r}: call fit before predict")
+        return self.features.transform(windows)
+
+    def predict(self, windows: NDArray[np.float32], batch_size: int = PREDICT_BATCH) -> FloatArray:
+        """Point predictions in the original unit."""
+        parts = [
+            np.asarray(self.estimator.predict(self._features(windows[s : s + batch_size])), np.float64)
+            for s in range(0, len(windows), batch_size)
+        ]
+        z = np.concatenate(parts) if parts else np.empty(0)
+        return self.transform.inverse(z)
+
+    def for_inference(self) -> SocModel:
+        """One thread per predict call: mapping runs several batches or blocks at once instead."""
+        if self.estimator is not None and "n_jobs" in self.estimator.get_params():
+            self.estimator.set_params(n_jobs=1)
+        return self
+
+    def describe(self) -> str:
+        return f"{self.kind} ({', '.join(f'{k}={v}' for k, v in self.params.items()) or 'defaults'})"
+
+    def state(self, folder: Path) -> dict[str, Any]:
+        if self.features is None:
+            raise InputError(f"model {self.kind!r}: call fit before save")
+        return {
+            "params": self.params,
+            "seed": self.seed,
+            "features": self.features.to_state(),
+            "target_transform": self.transform.to_dict(),
+            "estimator": self.save_estimator(folder),
+        }
+
+    @classmethod
+    def from_state(cls, folder: Path, state: dict[str, Any], inputs: InputSpec) -> SocModel:
+        transform = TargetTransform.from_dict(state["target_transform"])
+        model = cls(dict(state.get("params", {})), transform.name)
+        model.transform = transform
+        model.seed = int(state.get("seed", 0))
+        model.features = WindowFeatures.from_state(state["features"])
+        model.estimator = model.load_estimator(folder / str(state["estimator"]))
+        model.inputs = inputs
+        return model
+
+
+def _skops_dump(estimator: Any, path: Path) -> None:
+    import skops.io as sio
+
+    with atomic_file(path) as tmp:
+        sio.dump(estimator, tmp)
+
+
+def _skops_load(path: Path) -> Any:
+    """Load a skops file only if every type in it is trusted; a tampered file is refused by name."""
+    import skops.io as sio
+
+    if not path.is_file():
+        raise InputError(f"model file {path} is missing")
+    try:
+        untrusted = [t for t in sio.get_untrusted_types(file=path) if t not in TRUSTED_TYPES]
+    except Exception as exc:
+        raise InputError(f"model file {path} is truncated or corrupt ({type(exc).__name__})") from None
+    if untrusted:
+        raise InputError(
+            f"model file {path} holds types socmap does not trust ({', '.join(untrusted[:3])}) and was refused; "
+            "load only model files written by socmap"
+        )
+    try:
+        return sio.load(path, trusted=list(TRUSTED_TYPES))
+    except Exception as exc:
+        raise InputError(f"model file {path} is truncated or corrupt ({type(exc).__name__})") from None
+
+
+class ForestModel(FeatureModel):
+    """Random forest (scikit-learn), R randomForest's regression defaults: mtry p/3, nodesize 5, 300 trees."""
+
+    defaults: ClassVar[dict[str, Any]] = {"n_estimators": 300, "max_features": 1 / 3, "min_samples_leaf": 5}
+
+    def build(self, seed: int) -> Any:
+        from sklearn.ensemble import RandomForestRegressor
+
+        return RandomForestRegressor(**(self.defaults | self.params), random_state=seed, n_jobs=self.n_jobs)
+
+    def n_parameters(self) -> int:
+        return int(sum(t.tree_.node_count for t in self.estimator.estimators_))
+
+    def save_estimator(self, folder: Path) -> str:
+        _skops_dump(self.estimator, folder / ESTIMATOR_SKOPS)
+        return ESTIMATOR_SKOPS
+
+    def load_estimator(self, path: Path) -> Any:
+        estimator = _skops_load(path)
+        estimator.set_params(n_jobs=self.n_jobs)
+        return estimator
+
+
+class QuantileForestModel(ForestModel):
+    """Quantile regression forest (quantile-forest, Meinshausen 2006): the point prediction is the conditional
+    mean (comparable to rf); any quantile from the training values kept in the leaves."""
+
+    defaults: ClassVar[dict[str, Any]] = ForestModel.defaults | {
+        "max_samples_leaf": None,
+        "default_quantiles": "mean",
+    }
+
+    def build(self, seed: int) -> Any:
+        from quantile_forest import RandomForestQuantileRegressor
+
+        return RandomForestQuantileRegressor(
+            **(self.defaults | self.params), random_state=seed, n_jobs=self.n_jobs
+        )
+
+    def gives_quantiles(self, levels: Sequence[float]) -> bool:
+        return all(0.0 < q < 1.0 for q in levels)
+
+    def predict_quantiles(
+        self, windows: NDArray[np.float32], levels: Sequence[float], batch_size: int = PREDICT_BATCH
+    ) -> FloatArray | None:
+        """Quantiles of the training targets in the leaves (weighted), sorted per row, original unit."""
+        if not levels:
+            return np.empty((len(windows), 0))
+        parts = []
+        for s in range(0, len(windows), batch_size):
+            z = self.estimator.predict(self._features(windows[s : s + batch_size]), quantiles=list(levels))
+            parts.append(np.asarray(z, np.float64).reshape(-1, len(levels)))
+        z = np.concatenate(parts) if parts else np.empty((0, len(levels)))
+        return np.sort(self.transform.inverse(z), axis=1)
+
+
+class XGBoostModel(FeatureModel):
+    """Gradient-boosted trees (XGBoost, hist, CPU), saved in XGBoost's own UBJSON format."""
+
+    defaults: ClassVar[dict[str, Any]] = {
+        "n_estimators": 400,
+        "learning_rate": 0.05,
+        "max_depth": 6,
+        "min_child_weight": 5,
+        "subsample": 0.8,
+        "colsample_bytree": 0.8,
+        "reg_lambda": 1.0,
+        "tree_method": "hist",
+        "device": "cpu",
+    }
+
+    def build(self, seed: int) -> Any:
+        from xgboost import XGBRegressor
+
+        return XGBRegressor(**(self.defaults | self.params), random_state=seed, n_jobs=self.n_jobs)
+
+    def n_parameters(self) -> int:
+        return int(sum(len(t) for t in self.estimator.get_booster().get_dump()))
+
+    def save_estimator(self, folder: Path) -> str:
+        with atomic_file(folder / ESTIMATOR_UBJ) as tmp:
+            self.estimator.save_model(str(tmp.with_suffix(".ubj")))
+            tmp.with_suffix(".ubj").replace(tmp)
+        return ESTIMATOR_UBJ
+
+    def load_estimator(self, path: Path) -> Any:
+        from xgboost import XGBRegressor
+
+        if not path.is_file():
+            raise InputError(f"model file {path} is missing")
+        estimator = XGBRegressor(n_jobs=self.n_jobs)
+        try:
+            estimator.load_model(str(path))
+        except Exception as exc:
+            raise InputError(f"model file {path} is not an XGBoost model ({str(exc).splitlines()[0]})") from None
+        return estimator
+
+
+class LinearModel(FeatureModel):
+    """Ridge regression (MLR with a small penalty chosen by efficient leave-one-out CV) on standardised window
+    features: the DSM textbooks' linear baseline. Coefficients travel in ``model.json``."""
+
+    defaults: ClassVar[dict[str, Any]] = {"alphas": [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0]}
+
+    def allowed_params(self) -> set[str]:
+        return {"alphas"}
+
+    def build(self, seed: int) -> Any:
+        from sklearn.linear_model import RidgeCV
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        alphas = [float(a) for a in (self.defaults | self.params)["alphas"]]
+        return make_pipeline(StandardScaler(), RidgeCV(alphas=alphas))
+
+    def fit(self, data: FitData) -> FitInfo:
+        """Fit the scaler and ridge, then keep only their numbers (predictions before and after a save agree)."""
+        info = super().fit(data)
+        scaler, ridge = self.estimator[0], self.estimator[-1]
+        self.estimator = _LinearPredictor(
+            scaler.mean_.tolist(),
+            scaler.scale_.tolist(),
+            np.asarray(ridge.coef_, np.float64).tolist(),
+            float(ridge.intercept_),
+            float(ridge.alpha_),
+        )
+        info.parameters = self.n_parameters()
+        return info
+
+    def n_parameters(self) -> int:
+        return int(self.estimator.coef.size + 1) if isinstance(self.estimator, _LinearPredictor) else 0
+
+    def save_estimator(self, folder: Path) -> str:
+        return "model.json"  # the coefficients live in the state (see state())
+
+    def state(self, folder: Path) -> dict[str, Any]:
+        out = super().state(folder)
+        out["linear"] = self.estimator.to_json()
+        return out
+
+    @classmethod
+    def from_state(cls, folder: Path, state: dict[str, Any], inputs: InputSpec) -> SocModel:
+        model = cls(dict(state.get("params", {})), "none")
+        model.transform = TargetTransform.from_dict(state["target_transform"])
+        model.features = WindowFeatures.from_state(state["features"])
+        model.estimator = _LinearPredictor(**state["linear"])
+        model.inputs = inputs
+        return model
+
+
+class _LinearPredictor:
+    """A fitted ridge model rebuilt from JSON: predict = ((x - mean) / scale) @ coef + intercept."""
+
+    def __init__(
+        self, mean: list[float], scale: list[float], coef: list[float], intercept: float, alpha: float
+    ) -> None:
+        self.mean, self.scale = np.asarray(mean), np.asarray(scale)
+        self.coef, self.intercept, self.alpha = np.asarray(coef), float(intercept), float(alpha)
+        if not self.mean.size == self.scale.size == self.coef.size:
+            raise InputError("linear model: mean, scale and coef differ in length")
+
+    def predict(self, x: FloatArray) -> FloatArray:
+        return np.asarray(((x - self.mean) / self.scale) @ self.coef + self.intercept, np.float64)
+
+    def get_params(self) -> dict[str, Any]:
+        return {}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "mean": self.mean.tolist(),
+            "scale": self.scale.tolist(),
+            "coef": self.coef.tolist(),
+            "intercept": self.intercept,
+            "alpha": self.alpha,
+        }

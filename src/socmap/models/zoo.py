@@ -1,0 +1,50 @@
+"""The built-in model kinds, registered once on import (a reader sees here which models exist and where).
+
+| kind | family | module |
+|---|---|---|
+| ``cnn_lstm`` | deep | :mod:`socmap.models.deep` (network in :mod:`socmap.models.networks`) |
+| ``rf`` | tree | :mod:`socmap.models.trees` (scikit-learn random forest) |
+| ``qrf`` | tree | :mod:`socmap.models.trees` (quantile-forest; intervals) |
+| ``xgb`` | tree | :mod:`socmap.models.trees` (XGBoost) |
+| ``linear`` | linear | :mod:`socmap.models.trees` (ridge / MLR on window features) |
+| ``ensemble`` | blend | :mod:`socmap.models.ensemble` (mean or stacking of other kinds) |
+
+A new kind is one :func:`~socmap.models.registry.register_model` call (see the README's development section).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from socmap.models.deep import CnnLstmModel
+from socmap.models.ensemble import EnsembleModel, EnsembleOptions
+from socmap.models.registry import available_models, create_model, register_model
+from socmap.models.trees import FeatureModel, ForestModel, LinearModel, QuantileForestModel, XGBoostModel
+
+if TYPE_CHECKING:
+    from socmap.config import SocmapConfig
+
+__all__: list[str] = []
+
+
+def _feature_factory(cls: type[FeatureModel]) -> object:
+    def factory(config: SocmapConfig) -> FeatureModel:
+        options = dict(config.models.get(cls.kind, {}))
+        return cls(options, config.train.target_transform, config.train.threads or 0)
+
+    return factory
+
+
+def _ensemble(config: SocmapConfig) -> EnsembleModel:
+    options = EnsembleOptions.parse(dict(config.models.get("ensemble", {})), list(available_models()))
+    return EnsembleModel(options, lambda kind: create_model(kind, config))
+
+
+register_model("cnn_lstm", CnnLstmModel, CnnLstmModel.from_config, "CNN per step + LSTM over time (deep)", "deep")
+register_model("rf", ForestModel, _feature_factory(ForestModel), "random forest on window features", "tree")  # type: ignore[arg-type]
+register_model(
+    "qrf", QuantileForestModel, _feature_factory(QuantileForestModel), "quantile regression forest (intervals)", "tree"  # type: ignore[arg-type]
+)
+register_model("xgb", XGBoostModel, _feature_factory(XGBoostModel), "XGBoost on window features", "tree")  # type: ignore[arg-type]
+register_model("linear", LinearModel, _feature_factory(LinearModel), "ridge regression (MLR) on window features", "linear")  # type: ignore[arg-type]
+register_model("ensemble", EnsembleModel, _ensemble, "blend of several kinds (mean or stacking)", "blend")

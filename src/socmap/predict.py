@@ -1,0 +1,99 @@
+"""The ``predict`` stage: apply a trained run (every run's model, averaged) to other samples and score it.
+
+``predict_samples(config, run, out)`` prepares the samples of ``config`` (e.g. an independent test set, same
+bands as the model), predicts them with every model of the run folder, writes a CSV (one row per kept sample:
+observed, predicted, the runs' spread and, for models with intervals, Q05/Q50/Q95) and the metrics beside it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
+
+from socmap._atomic import atomic_file, write_json
+from socmap.config import SocmapConfig
+from socmap.errors import InputError, OutputError
+from socmap.metrics import interval_metrics, regression_metrics
+from socmap.models import SocModel, load_model
+from socmap.runfolder import RunFolder
+from socmap.windows import prepare
+
+__all__ = ["INTERVAL_LEVELS", "PredictResult", "load_members", "predict_samples", "predict_table"]
+
+INTERVAL_LEVELS = (0.05, 0.5, 0.95)
+
+
+@dataclass
+class PredictResult:
+    """What ``socmap predict`` wrote and scored."""
+
+    out: Path
+    metrics_file: Path
+    n_samples: int
+    n_models: int
+    metrics: dict[str, float]
+    intervals: dict[str, float] | None
+    drops: dict[str, int]
+
+
+def load_members(run_dir: str | Path, expected_bands: list[str] | None = None) -> list[SocModel]:
+    """Every run's model of a run folder (``runs/run_<i>``; a bare model folder is one model)."""
+    return [load_model(d, expected_bands) for d in RunFolder(Path(run_dir)).member_dirs()]
+
+
+def predict_table(members: list[SocModel], windows: NDArray[np.float32]) -> dict[str, NDArray[np.float64]]:
+    """Mean of the members' predictions, their spread (ddof 1, >= 2 members) and, when every member gives
+    them, the members' Q05/Q50/Q95 averaged; original scale."""
+    pairs = [m.predict_with_quantiles(windows, INTERVAL_LEVELS) for m in members]
+    preds = np.stack([p for p, _ in pairs])
+    out = {"predicted": preds.mean(axis=0)}
+    if len(members) > 1:
+        out["ensemble_std"] = preds.std(axis=0, ddof=1)
+    if all(q is not None for _, q in pairs):
+        mean_q = np.mean([q for _, q in pairs if q is not None], axis=0)
+        for j, level in enumerate(INTERVAL_LEVELS):
+            out[f"q{round(100 * level):02d}"] = mean_q[:, j]
+    return out
+
+
+def predict_samples(
+    config: SocmapConfig,
+    run: str | Path,
+    out: str | Path,
+    prepared: str | Path | None = None,
+    overwrite: bool = False,
+) -> PredictResult:
+    """Predict and score the samples of ``config`` with the run folder ``run``.
+
+    Args:
+        config: describes the new samples and covariates (same bands, window and steps as the model).
+        run: a finished run folder.
+        out: CSV of predictions; ``<out>.metrics.json`` is written beside it.
+        prepared: prepared folder for the samples (default ``<out>.prepared``).
+        overwrite: replace an existing ``out``.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise OutputError(f"output {out} exists; pass --overwrite to replace it")
+    data, _ = prepare(config, Path(prepared) if prepared is not None else out.with_suffix(".prepared"), overwrite=True)
+    members = load_members(run, expected_bands=data.bands)
+    members[0].require_inputs().check_windows(data.windows.shape, str(run))
+    table = data.samples[["sample_id", "lon", "lat", "time", "target"]].rename(columns={"target": "observed"})
+    for key, values in predict_table(members, np.asarray(data.windows)).items():
+        table[key] = values
+    if len(table) == 0:
+        raise InputError(f"no samples of {config.resolve(config.samples.path)} were kept; nothing to predict")
+    with atomic_file(out) as tmp:
+        pd.DataFrame(table).to_csv(tmp, index=False)
+    metrics = regression_metrics(table["observed"], table["predicted"])
+    intervals = interval_metrics(table["observed"], table["q05"], table["q95"], 0.9) if "q05" in table else None
+    metrics_file = out.with_suffix(".metrics.json")
+    write_json(
+        metrics_file,
+        {"n_models": len(members), "metrics": metrics, "intervals": intervals, "drops": data.meta.drops},
+    )
+    return PredictResult(out, metrics_file, len(table), len(members), metrics, intervals, data.meta.drops)
