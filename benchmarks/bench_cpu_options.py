@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from socmap.demo import demo_config
-from socmap.predictor import load_predictor
+from socmap.models import load_model
+from socmap.models.deep import DeepModel
 from socmap.synth import synthesize
 from socmap.train import train
 from socmap.windows import load_prepared
@@ -43,8 +44,9 @@ def run(work: Path) -> list[Row]:
         synthesize(data, overwrite=True)
     cfg = demo_config(data, {"train.epochs": 2, "train.num_runs": 1, "train.wandb_mode": "disabled"})
     run_dir = train(cfg, work / "run", prepared=work / "prepared", overwrite=True).out
-    predictor = load_predictor(run_dir)
-    model = predictor.model.eval()
+    predictor = load_model(run_dir)
+    assert isinstance(predictor, DeepModel) and predictor.net is not None and predictor.normalizer is not None
+    model = predictor.net.eval()
     windows = np.asarray(load_prepared(work / "prepared").windows[: BATCH * N_BATCHES])
     x = predictor.normalizer.transform_torch(torch.from_numpy(windows))
     batches = list(x.split(BATCH))

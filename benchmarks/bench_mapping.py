@@ -6,6 +6,11 @@ plus the LSTM counted analytically because FlopCounterMode does not see ``aten.l
 as a share of the matmul rate; the speed-up over a naive seed-style mapper (per-pixel Dataset + DataLoader,
 batch 256, every window read separately; timed on a subset of pixels, compared per pixel, values checked equal);
 and 1 vs 2 Dask workers (LocalCluster) on a 80 x 80 km box. The model is barely trained: only its speed matters.
+
+Other model kinds on the same 250 m grid and box, each map in a fresh process (px/s, peak RSS, and the ratio
+of its px/s to the CNN-LSTM ensemble's on the same box): a quantile regression forest (``qrf``, default 300
+trees, bands 2/3 from its own quantiles) and a mean blend of CNN-LSTM, random forest and XGBoost
+(``ensemble``).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -24,25 +30,34 @@ from rasterio.windows import Window
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from socmap.config import load_config
+from socmap.config import MapConfig, load_config
 from socmap.data import RasterStack, discover_stack
 from socmap.mapping import map_soc
-from socmap.predictor import Predictor, load_predictor
+from socmap.models import SocModel, load_model
+from socmap.models.deep import DeepModel
 from socmap.synth import synthesize
-from socmap.train import train
 from socmap.windows import window_offsets
 
-from common import Row
+from common import Row, quick_run
 
 YEAR = 2023
 NAIVE_PIXELS = 1500
-DASK_BOX = (640_000.0, 5_400_000.0, 720_000.0, 5_480_000.0)  # 320 x 320 px at 250 m, inside Bavaria
+DASK_BOX = [640_000.0, 5_400_000.0, 720_000.0, 5_480_000.0]  # 320 x 320 px at 250 m, inside Bavaria
+# model kinds compared with the CNN-LSTM ensemble on DASK_BOX (train overrides; one run each)
+KINDS: dict[str, dict[str, object]] = {
+    "qrf": {"train.model": "qrf"},
+    "ensemble": {
+        "train.model": "ensemble",
+        "models": {"ensemble": {"members": ["cnn_lstm", "rf", "xgb"], "blend": "mean"}},
+    },
+}
 
 # The full map runs in a fresh process: its peak RSS is the map's alone, and it measures its own matmul rate.
 MAP_SCRIPT = """
 import json, resource, sys, time
 import torch
-from socmap.mapping import map_soc
+from socmap.config import MapConfig
+from socmap.mapping import map_soc, parse_bbox
 
 def matmul_rate():
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
@@ -54,28 +69,29 @@ def matmul_rate():
     return 2 * 2048**3 / best
 
 before = matmul_rate()
-result = map_soc(sys.argv[1], int(sys.argv[2]), sys.argv[3], overwrite=True)
+bbox = parse_bbox(sys.argv[4]) if len(sys.argv) > 4 else None
+result = map_soc(MapConfig(year=sys.argv[2], bbox=bbox), sys.argv[1], sys.argv[3], overwrite=True)
 after = matmul_rate()
 usage = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({
     "seconds": result.seconds, "n_region": result.n_region_pixels, "n_mapped": result.n_mapped,
     "n_blocks": result.n_blocks, "matmul": max(before, after), "matmul_before": before, "matmul_after": after,
     "max_rss_kb": usage.ru_maxrss, "cpu_seconds": usage.ru_utime + usage.ru_stime,
-    "threads": torch.get_num_threads(),
+    "threads": torch.get_num_threads(), "method": result.method, "kinds": result.model_kinds,
 }))
 """
 
 
-def model_flops_per_pixel(predictor: Predictor) -> tuple[float, float]:
+def model_flops_per_pixel(model: SocModel) -> tuple[float, float]:
     """(total, lstm part) FLOPs of one forward pass per window: FlopCounterMode + the LSTM analytically."""
-    spec = predictor.spec
-    size, steps, channels = int(spec["window_size"]), int(spec["time_steps"]), len(spec["bands"])
+    assert isinstance(model, DeepModel) and model.net is not None
+    channels, size, _, steps = model.require_inputs().window_shape
     batch = torch.randn(64, channels, size, size, steps)
     counter = FlopCounterMode(display=False)
     with torch.inference_mode(), counter:
-        predictor.model(batch)
+        model.net(batch)
     lstm_flops = 0.0
-    for module in predictor.model.modules():
+    for module in model.net.modules():
         if isinstance(module, torch.nn.LSTM):
             h = module.hidden_size
             for layer in range(module.num_layers):
@@ -119,13 +135,13 @@ class PixelWindows(Dataset[torch.Tensor]):
         return torch.from_numpy(out)
 
 
-def naive_map(stack: RasterStack, members: list[Predictor], rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+def naive_map(stack: RasterStack, members: list[SocModel], rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """Ensemble-mean predictions of the given pixels, the seed way (DataLoader, batch 256)."""
-    spec = members[0].spec
-    dataset = PixelWindows(stack, rows, cols, int(spec["window_size"]), int(spec["time_steps"]))
+    inputs = members[0].require_inputs()
+    dataset = PixelWindows(stack, rows, cols, inputs.window_size, inputs.time_steps)
     out = []
     for batch in DataLoader(dataset, batch_size=256, shuffle=False, num_workers=0):
-        out.append(np.mean([m.predict(batch) for m in members], axis=0))
+        out.append(np.mean([m.predict(batch.numpy()) for m in members], axis=0))
     return np.concatenate(out)
 
 
@@ -136,16 +152,52 @@ def _dask_seconds(run_dir: Path, out: Path, workers: int) -> tuple[float, int]:
         n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
     ) as cluster:
         started = time.perf_counter()
-        result = map_soc(
-            run_dir,
-            YEAR,
-            out,
-            bbox=DASK_BOX,
-            block_size=64,
-            overwrite=True,
-            scheduler=cluster.scheduler_address,
-        )
+        options = MapConfig(year=str(YEAR), bbox=DASK_BOX, block_size=64, scheduler=cluster.scheduler_address)
+        result = map_soc(options, run_dir, out, overwrite=True)
         return time.perf_counter() - started, result.n_mapped
+
+
+def map_in_fresh_process(run_dir: Path, out: Path, bbox: list[float] | None = None) -> dict[str, Any]:
+    """Map ``run_dir`` (the region, or ``bbox``) with MAP_SCRIPT in a new process; its measurements."""
+    args = [sys.executable, "-c", MAP_SCRIPT, str(run_dir), str(YEAR), str(out)]
+    if bbox is not None:
+        args.append(",".join(str(v) for v in bbox))
+    proc = subprocess.run(args, check=True, capture_output=True, text=True)
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def kind_rows(
+    work: Path, data: Path, cnn_run: Path, bbox: list[float] = DASK_BOX, kinds: dict[str, Any] = KINDS
+) -> list[Row]:
+    """Tree and ensemble maps vs the CNN-LSTM ensemble on the same box of the same grid, each in a fresh
+    process: px/s (region pixels), peak RSS and the px/s ratio to the CNN-LSTM map."""
+    cnn = map_in_fresh_process(cnn_run, work / "kind_cnn_lstm.tif", bbox)
+    cnn_rate = cnn["n_region"] / cnn["seconds"]
+    rows = [
+        Row(
+            "map box, CNN-LSTM x2 (reference)",
+            cnn_rate,
+            "px/s",
+            note=f"{cnn['n_region']:,} region px, {cnn['max_rss_kb'] / 1024**2:.2f} GB peak RSS, "
+            f"{cnn['method']}",
+        )
+    ]
+    for name, overrides in kinds.items():
+        run_dir = quick_run(data, work / f"run-{name}", data.parent / "prepared-kinds", overrides)
+        m = map_in_fresh_process(run_dir, work / f"kind_{name}.tif", bbox)
+        rate, rss_gb = m["n_region"] / m["seconds"], m["max_rss_kb"] / 1024**2
+        rows += [
+            Row(
+                f"map box, {name}",
+                rate,
+                "px/s",
+                note=f"{m['kinds']}, bands 2-4: {m['method']}; {m['seconds']:.1f} s, {m['threads']} cores, "
+                f"{m['cpu_seconds'] / m['seconds']:.2f} cores busy",
+            ),
+            Row(f"map box, {name} peak RSS", rss_gb, "GB", target="<= 3 GB", met=rss_gb <= 3),
+            Row(f"map box, {name} px/s / CNN-LSTM x2 px/s", rate / cnn_rate, "x"),
+        ]
+    return rows
 
 
 def run(work: Path) -> list[Row]:
@@ -155,34 +207,13 @@ def run(work: Path) -> list[Row]:
     data = work / "synth-250"
     if not (data / "samples.csv").exists():
         synthesize(data, resolution=250.0, n_locations=2000, seed=0, overwrite=True)
-    run_dir = work / "run"
-    if not (run_dir / "metrics.json").exists():
-        config = load_config(
-            None,
-            {
-                "samples.path": str(data / "samples.csv"),
-                "covariates.root": str(data / "covariates"),
-                "train.epochs": 1,
-                "train.num_runs": 2,
-                "train.wandb_mode": "disabled",
-                "train.lr": 0.002,
-            },
-        )
-        threads = torch.get_num_threads()
-        train(config, run_dir, overwrite=True)
-        torch.set_num_threads(threads)
-    members = [load_predictor(run_dir / "runs" / f"run_{i}") for i in range(2)]
+    run_dir = quick_run(data, work / "run", work / "run" / "prepared", {"train.num_runs": 2})
+    members = [load_model(run_dir / "runs" / f"run_{i}") for i in range(2)]
     flops, lstm_flops = model_flops_per_pixel(members[0])
 
     # the whole region, end to end, in a fresh process
     out = work / "soc_2023.tif"
-    proc = subprocess.run(
-        [sys.executable, "-c", MAP_SCRIPT, str(run_dir), str(YEAR), str(out)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    m = json.loads(proc.stdout.strip().splitlines()[-1])
+    m = map_in_fresh_process(run_dir, out)
     px_rate = m["n_region"] / m["seconds"]
     flop_rate = m["n_mapped"] * len(members) * flops / m["seconds"]
     share = flop_rate / m["matmul"]
@@ -209,6 +240,7 @@ def run(work: Path) -> list[Row]:
     two, _ = _dask_seconds(run_dir, work / "box2.tif", 2)
     load = f"1-min load average {load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end"
 
+    kinds = kind_rows(work, data, run_dir)
     return [
         Row(
             f"map Bavaria 250 m {YEAR}, {len(members)} models, end to end",
@@ -247,6 +279,7 @@ def run(work: Path) -> list[Row]:
             "x",
             note=f"{n_box:,} px box: 1 worker {one:.1f} s, 2 workers {two:.1f} s",
         ),
+        *kinds,
         Row(
             "map benchmark module total (synth + train + all maps)", time.perf_counter() - bench_started, "s"
         ),

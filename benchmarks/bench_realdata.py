@@ -14,11 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from socmap.baselines import make_baseline
 from socmap.config import SocmapConfig, load_config
-from socmap.evaluate import cross_validate
+from socmap.evaluate import cross_validate, select_model
 from socmap.metrics import regression_metrics
-from socmap.predictor import load_ensemble, predict_table
+from socmap.predict import load_members, predict_table
 from socmap.train import train
 from socmap.windows import PreparedData, prepare
 
@@ -42,20 +41,26 @@ DEEP = {
     "train.lr": 1e-3,
     "train.wandb_mode": "disabled",
 }
-MODELS = ["cnn_lstm", "rf", "qrf", "xgb"]
+MODELS = ["cnn_lstm", "rf", "qrf", "xgb", "linear"]
 
 
 def _fit_predict(
     name: str, config: SocmapConfig, train_data: PreparedData, test: PreparedData, work: Path
 ) -> np.ndarray:
-    if name == "cnn_lstm":
-        result = train(config, work / "cnn_lstm", prepared=train_data.path, overwrite=True)
-        return predict_table(load_ensemble(result.out, test.bands), np.asarray(test.windows))["predicted"]
-    bands = train_data.bands
-    static = [bands.index(b) for b in train_data.meta["static_bands"]]
-    pipe = make_baseline(name, seed=0, n_jobs=2, static_channels=static, band_names=bands)
-    pipe.fit(np.asarray(train_data.windows), train_data.target)
-    return np.asarray(pipe.predict(np.asarray(test.windows)), dtype=np.float64)
+    """Fit ``train.num_runs`` models of kind ``name`` on dat_train (deep models hold out their early-stopping
+    split; the others fit on all of it) and predict dat_test with their mean."""
+    deep = name == "cnn_lstm"
+    cfg = config.model_copy(
+        update={"train": config.train.model_copy(update={"model": name, "use_validation": deep})}
+    )
+    result = train(cfg, work / name, prepared=train_data.path, overwrite=True)
+    return predict_table(load_members(result.out, test.bands), np.asarray(test.windows))["predicted"]
+
+
+def _cv(config: SocmapConfig, design: str, folds: int) -> SocmapConfig:
+    return config.model_copy(
+        update={"cv": config.cv.model_copy(update={"design": design, "folds": folds, "models": MODELS})}
+    )
 
 
 def macedonia(work: Path) -> list[Row]:
@@ -70,11 +75,9 @@ def macedonia(work: Path) -> list[Row]:
     train_data, _ = prepare(cfg_train, work / "prep-train", overwrite=True)
     test_data, _ = prepare(cfg_test, work / "prep-test", overwrite=True)
 
-    inner = cross_validate(
-        cfg_train, train_data, models=MODELS, cv="random", folds=5, out=work / "cv-train", overwrite=True
-    )
+    inner = cross_validate(_cv(cfg_train, "random", 5), train_data, work / "cv-train", overwrite=True)
     pooled = inner.summary[inner.summary["metric"] == "r2"].set_index("model")["pooled"]
-    chosen = str(pooled.idxmax())
+    chosen = select_model(work / "cv-train").kind
 
     rows: list[Row] = []
     table = []
@@ -112,9 +115,7 @@ def macedonia(work: Path) -> list[Row]:
 
     cfg_all = load_config(ROOT / "configs" / "macedonia.yaml", base)
     all_data, _ = prepare(cfg_all, work / "prep-all", overwrite=True)
-    block = cross_validate(
-        cfg_all, all_data, models=MODELS, cv="spatial-block", folds=5, out=work / "cv-block", overwrite=True
-    )
+    block = cross_validate(_cv(cfg_all, "spatial-block", 5), all_data, work / "cv-block", overwrite=True)
     print(block.markdown)
     for name in MODELS:
         r2 = float(
@@ -135,9 +136,7 @@ def edgeroi(work: Path) -> list[Row]:
             ROOT / "configs" / "edgeroi.yaml", {"samples.target": target, **DEEP, "train.num_runs": 1}
         )
         data, _ = prepare(cfg, work / f"prep-{target}", overwrite=True)
-        result = cross_validate(
-            cfg, data, models=MODELS, cv="spatial-block", folds=10, out=work / f"cv-{target}", overwrite=True
-        )
+        result = cross_validate(_cv(cfg, "spatial-block", 10), data, work / f"cv-{target}", overwrite=True)
         print(result.markdown)
         for name in MODELS:
             pred = result.predictions[result.predictions["model"] == name]

@@ -9,11 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from socmap.config import load_config
 from socmap.synth import synthesize
-from socmap.train import train
 
-from common import Row
+from common import Row, quick_run
 
 RESOLUTIONS = (1000.0, 500.0, 250.0)
 
@@ -21,8 +19,8 @@ RESOLUTIONS = (1000.0, 500.0, 250.0)
 def _map_in_child(run: Path, out: Path, resolution: float) -> tuple[float, float, int]:
     """Map in a fresh process; returns (seconds, peak RSS in GB, region pixels)."""
     code = (
-        "import sys; from socmap.mapping import map_soc; "
-        f"r = map_soc({str(run)!r}, 2023, {str(out)!r}, resolution={resolution}, overwrite=True); "
+        "import sys; from socmap.config import MapConfig; from socmap.mapping import map_soc; "
+        f"r = map_soc(MapConfig(year='2023', resolution={resolution}), {str(run)!r}, {str(out)!r}, overwrite=True); "
         "print(r.n_region_pixels)"
     )
     started = time.perf_counter()
@@ -45,17 +43,7 @@ def run(work: Path) -> list[Row]:
     data = work / "synth"
     if not (data / "samples.csv").exists():
         synthesize(data, overwrite=True)
-    config = load_config(
-        None,
-        {
-            "samples.path": str(data / "samples.csv"),
-            "covariates.root": str(data / "covariates"),
-            "train.epochs": 1,
-            "train.num_runs": 1,
-            "train.wandb_mode": "disabled",
-        },
-    )
-    run_dir = train(config, work / "run", prepared=work / "prepared", overwrite=True).out
+    run_dir = quick_run(data, work / "run", work / "prepared")
     rows: list[Row] = []
     base: tuple[float, int] | None = None
     for res in RESOLUTIONS:

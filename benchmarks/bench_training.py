@@ -45,6 +45,6 @@ def run(work: Path) -> list[Row]:
             f"P3 demo training ({DEMO_TRAIN['train.num_runs']} runs, <= {DEMO_TRAIN['train.epochs']} epochs)",
             demo_s,
             "s",
-            note=f"{epochs} epochs in all, validation R² {demo.summary['best']['metrics']['r2']:.3f}",
+            note=f"{epochs} epochs in all, validation R² {demo.summary.best.metrics['r2']:.3f}",
         ),
     ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass
@@ -48,3 +49,32 @@ def matmul_gflops(n: int = 2048, repeat: int = 5) -> float:
     torch.mm(a, b)  # warm-up
     seconds = best_of(lambda: torch.mm(a, b), repeat)
     return 2 * n**3 / seconds / 1e9
+
+
+def quick_run(data: Path, run_dir: Path, prepared: Path, overrides: dict[str, object] | None = None) -> Path:
+    """A one-epoch training run on a synthetic data folder (reused when finished); torch threads restored.
+
+    The benchmarks that map or time models need a trained run, not a good one.
+    """
+    import torch
+
+    from socmap.config import load_config
+    from socmap.train import train
+
+    if not (run_dir / "metrics.json").exists():
+        config = load_config(
+            None,
+            {
+                "samples.path": str(data / "samples.csv"),
+                "covariates.root": str(data / "covariates"),
+                "train.epochs": 1,
+                "train.num_runs": 1,
+                "train.wandb_mode": "disabled",
+                "train.lr": 0.002,
+                **(overrides or {}),
+            },
+        )
+        threads = torch.get_num_threads()
+        train(config, run_dir, prepared=prepared, overwrite=True)
+        torch.set_num_threads(threads)
+    return run_dir

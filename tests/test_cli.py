@@ -146,3 +146,42 @@ def test_train_cli_end_to_end_with_offline_tracking(small_synth_dir: Path, tmp_p
 
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["train"]["loss_type"] == "composite_l2" and saved["train"]["epochs"] == 2
+
+
+def test_tree_model_through_train_predict_and_errors_naming_flags(
+    small_synth_dir: Path, tmp_path: Path
+) -> None:
+    """`train --model xgb` -> `predict` through the CLI; a bad kind names the key and its flag, one line."""
+    import json
+
+    sets = [
+        "--set",
+        f"samples.path={small_synth_dir / 'samples.csv'}",
+        "--set",
+        f"covariates.root={small_synth_dir / 'covariates'}",
+        "--set",
+        "models.xgb.n_estimators=40",
+    ]
+    out = tmp_path / "run"
+    result = run_cli("train", *sets, "--out", str(out), "--model", "xgb", "--num-runs", "2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "best run" in result.stdout and "(xgb, validation)" in result.stdout
+    assert json.loads((out / "model.json").read_text())["kind"] == "xgb"
+    assert (out / "estimator.ubj").is_file() and not (out / "model.pt").exists()
+    pred = run_cli("predict", "--run", str(out), *sets, "--out", str(tmp_path / "p.csv"))
+    assert pred.returncode == 0, pred.stderr[-2000:]
+    assert "2 model(s): R² " in pred.stdout
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "p.csv")
+    assert {"observed", "predicted", "ensemble_std"} <= set(table.columns) and table[
+        "predicted"
+    ].notna().all()
+    bad = run_cli("train", *sets, "--out", str(tmp_path / "bad"), "--model", "svm")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    lines = [line for line in bad.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, bad.stderr
+    assert (
+        "train.model: 'svm' is not a model kind; expected one of cnn_lstm, rf, qrf, xgb, linear" in lines[0]
+    )
+    assert lines[0].endswith("(flag --model)")

@@ -108,7 +108,7 @@ def test_sigkill_during_mapping_then_resume_gives_identical_cog(
     import numpy as np
     import rasterio
 
-    from socmap.config import load_config
+    from socmap.config import MapConfig, load_config
     from socmap.mapping import map_soc
     from socmap.train import train
 
@@ -126,7 +126,7 @@ def test_sigkill_during_mapping_then_resume_gives_identical_cog(
         run = train(load_config(None, overrides), tmp_path / "run").out
     finally:
         torch.set_num_threads(threads)
-    reference = map_soc(run, 2023, tmp_path / "ref.tif", block_size=16).out
+    reference = map_soc(MapConfig(year="2023", block_size=16), run, tmp_path / "ref.tif").out
 
     out = tmp_path / "killed.tif"
     blocks = out.with_name(out.name + ".blocks")

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from socmap.baselines import make_baseline
 from socmap.config import SocmapConfig, load_config
 from socmap.errors import InputError, OutputError
 from socmap.evaluate import CVResult, cross_validate
+from socmap.models import FitData, create_model
+from socmap.models.trainer import fit_network
 from socmap.split import haversine_km, make_splitter
 from socmap.windows import PreparedData, prepare
 
 FAST = {"rf": {"n_estimators": 60}, "qrf": {"n_estimators": 60}, "xgb": {"n_estimators": 80}}
+MODELS = ["cnn_lstm", "rf", "qrf", "xgb"]
 
 
 def config(root: Path, **extra: object) -> SocmapConfig:
@@ -28,9 +32,18 @@ def config(root: Path, **extra: object) -> SocmapConfig:
         "train.lr": 0.002,
         "train.loss_type": "quantile",
         "train.wandb_mode": "disabled",
+        "models": FAST,
     }
     overrides.update(extra)
     return load_config(None, overrides)
+
+
+@dataclass
+class Run:
+    """The module's cross-validation and the rows every deep fit's training loop received."""
+
+    result: CVResult
+    deep_rows: list[tuple[np.ndarray, np.ndarray]]  # (train, monitor) per fold, in fold order
 
 
 @pytest.fixture(scope="module")
@@ -40,21 +53,26 @@ def prepared(small_synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture(scope="module")
-def result(
-    small_synth_dir: Path, prepared: PreparedData, tmp_path_factory: pytest.TempPathFactory
-) -> CVResult:
+def run(small_synth_dir: Path, prepared: PreparedData, tmp_path_factory: pytest.TempPathFactory) -> Run:
     out = tmp_path_factory.mktemp("cv") / "block"
-    return cross_validate(
-        config(small_synth_dir),
-        prepared,
-        models=["cnn_lstm", "rf", "qrf", "xgb"],
-        cv="spatial-block",
-        folds=3,
-        out=out,
-        seed=4,
-        baseline_params=FAST,
-        n_jobs=1,
+    cfg = config(
+        small_synth_dir, **{"cv.models": MODELS, "cv.design": "spatial-block", "cv.folds": 3, "cv.seed": 4}
     )
+    rows: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def spy(net: Any, data: FitData, *args: Any) -> Any:
+        rows.append((data.train.copy(), data.monitor.copy()))
+        return fit_network(net, data, *args)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("socmap.models.deep.fit_network", spy)
+        result = cross_validate(cfg, prepared, out)
+    return Run(result, rows)
+
+
+@pytest.fixture(scope="module")
+def result(run: Run) -> CVResult:
+    return run.result
 
 
 def test_outputs_written(result: CVResult) -> None:
@@ -71,7 +89,18 @@ def test_outputs_written(result: CVResult) -> None:
     assert (result.out / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(result.out.glob(".*tmp*"))  # atomic writes left no temporary files
     cv = json.loads((result.out / "cv.json").read_text())
-    assert cv["folds"] == 3 and cv["models"] == ["cnn_lstm", "rf", "qrf", "xgb"]
+    assert cv["folds"] == 3 and cv["models"] == MODELS and cv["cv"] == "spatial-block" and cv["seed"] == 4
+    assert cv["fold_design"]["parameters"]["block_size_km"] == load_config(None).split.block_size_km
+    assert cv["model_options"]["rf"] == FAST["rf"]
+    assert set(cv["seconds"]) == set(MODELS) and all(s > 0 for s in cv["seconds"].values())
+    per_fold = result.per_fold.groupby("model")["seconds"].sum()
+    for model in MODELS:
+        assert cv["seconds"][model] == pytest.approx(per_fold[model], abs=0.01)
+    assert sorted(cv["interval_models"]) == ["cnn_lstm", "qrf"] == sorted(result.interval_models)
+    for k in range(3):  # the work folder of every fit, without a leftover checkpoint
+        work = result.out / "models" / "cnn_lstm" / f"fold_{k:02d}"
+        assert json.loads((work / "fit.json").read_text())["epochs_trained"] == 1
+        assert not (work / "checkpoint.pt").exists()
 
 
 def test_folds_identical_across_models_and_match_the_splitter(
@@ -79,7 +108,7 @@ def test_folds_identical_across_models_and_match_the_splitter(
 ) -> None:
     pred = pd.read_csv(result.out / "predictions.csv", dtype={"sample_id": str})
     folds = pd.read_csv(result.out / "folds.csv", dtype={"sample_id": str})
-    assert set(pred["model"]) == {"cnn_lstm", "rf", "qrf", "xgb"}
+    assert set(pred["model"]) == set(MODELS)
     reference = sorted(zip(folds["fold"], folds["index"], strict=True))
     for model, group in pred.groupby("model"):
         assert sorted(zip(group["fold"], group["index"], strict=True)) == reference, model
@@ -158,42 +187,42 @@ def test_rf_beats_constant_and_stays_below_the_known_ceiling(
     assert 0.3 < r2 < ceiling + 0.05, (r2, ceiling)
     assert (result.per_fold.loc[result.per_fold["model"] == "rf", "r2"] > 0).all()
     assert result.r2_ceiling is not None and abs(result.r2_ceiling - ceiling) < 0.1
-    # the rf predictions of fold 0 are those of an independently fitted pipeline
+    # the rf predictions of fold 0 are those of an independently fitted model of the same config
     folds = result.folds
     test = np.sort(folds.loc[folds["fold"] == 0, "index"].to_numpy())
     train = np.setdiff1d(np.arange(len(prepared.samples)), test)
-    pipe = make_baseline(
-        "rf",
-        seed=0,
-        n_jobs=1,
-        static_channels=[prepared.bands.index("Elevation")],
-        band_names=prepared.bands,
-        **FAST["rf"],
-    )
-    p = pipe.fit(np.asarray(prepared.windows[train]), prepared.target[train]).predict(prepared.windows[test])
+    cfg = config(small_synth_dir)
+    model = create_model("rf", cfg)
+    empty = np.empty(0, np.int64)
+    model.fit(FitData(prepared.windows, prepared.target, train, empty, prepared.meta.input_spec(), seed=0))
+    p = model.predict(np.asarray(prepared.windows[test]))
     got = result.predictions.query("model == 'rf' and fold == 0").sort_values("index")["predicted"]
-    np.testing.assert_allclose(got, p, rtol=1e-12)
+    np.testing.assert_allclose(got, p, rtol=1e-9)
 
 
-def test_deep_model_never_early_stops_on_its_test_fold(result: CVResult) -> None:
-    folds = result.folds
-    for k in range(3):
-        inner = pd.read_csv(
-            result.out / "models" / "cnn_lstm" / f"fold_{k:02d}" / "predictions.csv", dtype=str
+def test_deep_model_never_sees_its_test_fold(run: Run) -> None:
+    folds, per_fold = run.result.folds, run.result.per_fold
+    assert len(run.deep_rows) == 3  # one deep fit per fold
+    n = len(run.result.predictions) // len(MODELS)
+    for k, (train, monitor) in enumerate(run.deep_rows):
+        test = folds.loc[folds["fold"] == k, "index"].to_numpy()
+        assert monitor.size > 0  # early stopping on rows carved out of the fold's training part ...
+        assert not set(train) & set(test) and not set(monitor) & set(test)  # ... never on its test part
+        assert not set(train) & set(monitor)
+        fold_train = np.setdiff1d(np.arange(n), test)
+        np.testing.assert_array_equal(np.sort(np.concatenate([train, monitor])), fold_train)
+        n_rf = per_fold.query("model == 'rf' and fold == @k")["n_train"].iloc[0]
+        assert (
+            train.size + monitor.size
+            == n_rf
+            == per_fold.query("model == 'cnn_lstm' and fold == @k")["n_train"].iloc[0]
         )
-        test = folds[folds["fold"] == k]
-        inner_keys = set(zip(inner["sample_id"], inner["time"], strict=True))
-        test_keys = set(zip(test["sample_id"].astype(str), test["time"].astype(str), strict=True))
-        assert inner_keys and not inner_keys & test_keys
-        n_train = result.per_fold.query("model == 'cnn_lstm' and fold == @k")["n_train"].iloc[0]
-        n_rf = result.per_fold.query("model == 'rf' and fold == @k")["n_train"].iloc[0]
-        assert n_train + len(inner) == n_rf  # inner validation is carved out of the training part
 
 
 def test_markdown_lists_every_model_and_metric(result: CVResult) -> None:
     text = (result.out / "metrics.md").read_text()
     assert text == result.markdown
-    for model in ("cnn_lstm", "rf", "qrf", "xgb"):
+    for model in MODELS:
         assert text.count(f"| {model} |") == 2  # mean ± std table and pooled table
     labels = ["R²", "RMSE", "MAE", "ME", "RPIQ", "CCC", "PICP (90%)", "interval width", "interval score"]
     headers = [line for line in text.splitlines() if line.startswith("| model |")]
@@ -209,27 +238,37 @@ def test_markdown_lists_every_model_and_metric(result: CVResult) -> None:
 def test_refuses_finished_folder_and_bad_names(
     result: CVResult, prepared: PreparedData, small_synth_dir: Path
 ) -> None:
-    cfg = config(small_synth_dir)
+    cfg = config(small_synth_dir, **{"cv.models": ["rf"], "cv.folds": 3})
     with pytest.raises(OutputError, match="--overwrite"):
-        cross_validate(cfg, prepared, models=["rf"], folds=3, out=result.out)
-    with pytest.raises(InputError, match="'svm': expected one of cnn_lstm, rf, qrf, xgb"):
-        cross_validate(cfg, prepared, models=["rf", "svm"], out=result.out / "x")
+        cross_validate(cfg, prepared, result.out)
+    # an unknown kind: refused by the config, and by the stage if it slipped in after loading
     with pytest.raises(
-        InputError, match="'kfold': expected one of spatial-block, buffered, random, distance-split"
+        InputError, match=r"cv\.models: 'svm' is not a model kind; expected one of cnn_lstm, rf"
     ):
-        cross_validate(cfg, prepared, models=["rf"], cv="kfold", out=result.out / "x")
-    with pytest.raises(InputError, match="baseline_params 'cnn'"):
-        cross_validate(cfg, prepared, models=["rf"], baseline_params={"cnn": {}}, out=result.out / "x")
+        config(small_synth_dir, **{"cv.models": ["rf", "svm"]})
+    bad = config(small_synth_dir)
+    bad.cv.models = ["rf", "svm"]
+    with pytest.raises(
+        InputError, match=r"cv\.models: 'svm' is not a model kind; expected one of cnn_lstm, rf"
+    ):
+        cross_validate(bad, prepared, result.out / "x")
+    with pytest.raises(InputError, match=r"cv\.design = 'kfold'.*spatial-block"):
+        config(small_synth_dir, **{"cv.design": "kfold"})
+    with pytest.raises(InputError, match="models: 'cnn' is not a model kind"):
+        config(small_synth_dir, **{"models": {"cnn": {}}})
+    # bad model options and fold counts fail before anything is fitted or written
+    with pytest.raises(InputError, match=r"models\.rf option.*n_trees"):
+        cross_validate(config(small_synth_dir, models={"rf": {"n_trees": 5}}), prepared, result.out / "x")
+    with pytest.raises(InputError, match=r"cv\.folds 1: expected an integer >= 2 for spatial-block"):
+        cross_validate(config(small_synth_dir, **{"cv.folds": 1}), prepared, result.out / "x")
     assert not (result.out / "x").exists()
 
 
 def test_buffered_leaves_out_locations_with_buffer(
     prepared: PreparedData, small_synth_dir: Path, tmp_path: Path
 ) -> None:
-    cfg = config(small_synth_dir, **{"split.distance_km": 5.0})
-    res = cross_validate(
-        cfg, prepared, models=["rf"], cv="buffered", folds=4, out=tmp_path, baseline_params=FAST, n_jobs=1
-    )
+    extra = {"split.distance_km": 5.0, "cv.models": ["rf"], "cv.design": "buffered", "cv.folds": 4}
+    res = cross_validate(config(small_synth_dir, **extra), prepared, tmp_path)
     lon, lat = prepared.samples["lon"].to_numpy(), prepared.samples["lat"].to_numpy()
     assert sorted(res.folds["fold"].unique()) == [0, 1, 2, 3]
     for k, g in res.folds.groupby("fold"):
@@ -242,23 +281,14 @@ def test_buffered_leaves_out_locations_with_buffer(
     assert pooled == pytest.approx(
         np.sqrt(np.mean((res.predictions["observed"] - res.predictions["predicted"]) ** 2))
     )
+    assert res.fold_design.parameters["buffer_km"] == 5.0
 
 
 def test_distance_split_repeats_with_seeds(
     prepared: PreparedData, small_synth_dir: Path, tmp_path: Path
 ) -> None:
-    cfg = config(small_synth_dir)
-    res = cross_validate(
-        cfg,
-        prepared,
-        models=["rf", "xgb"],
-        cv="distance-split",
-        folds=2,
-        out=tmp_path,
-        seed=3,
-        baseline_params=FAST,
-        n_jobs=1,
-    )
+    extra = {"cv.models": ["rf", "xgb"], "cv.design": "distance-split", "cv.folds": 2, "cv.seed": 3}
+    res = cross_validate(config(small_synth_dir, **extra), prepared, tmp_path)
     coords = prepared.samples[["lon", "lat"]]
     for k in range(2):
         single = make_splitter("distance-split", val_ratio=0.08, min_distance_km=1.2, seed=3 + k)
@@ -268,3 +298,29 @@ def test_distance_split_repeats_with_seeds(
     a, b = (set(res.folds.loc[res.folds["fold"] == k, "index"]) for k in range(2))
     assert a != b
     assert len(res.per_fold) == 4 and res.per_fold["r2"].notna().all()
+    assert res.fold_design.design == "distance-split" and res.fold_design.seed == 3
+    assert res.fold_design.parameters["val_ratio"] == 0.08
+
+
+def test_knndm_records_what_the_splitter_chose(
+    prepared: PreparedData, small_synth_dir: Path, tmp_path: Path
+) -> None:
+    extra = {"cv.models": ["linear"], "cv.design": "knndm", "cv.folds": 3}
+    res = cross_validate(config(small_synth_dir, **extra), prepared, tmp_path)
+    cv = json.loads((tmp_path / "cv.json").read_text())["fold_design"]
+    assert cv["design"] == "knndm" and cv["folds"] == 3 and cv["seed"] == 0
+    assert cv["parameters"]["n_prediction_points"] == 2000
+    assert cv["parameters"]["prediction_region"] == "default (Bavaria)"
+    assert np.isfinite(cv["fitted"]["w_"]) and cv["fitted"]["q_"] >= 3
+    assert cv["fitted"]["candidates_"][0][0] == 3
+    assert res.fold_design.fitted == cv["fitted"]
+    assert len(res.folds) == len(prepared.samples) and res.folds["index"].is_unique
+
+
+def test_splitter_errors_name_the_config_keys(
+    prepared: PreparedData, small_synth_dir: Path, tmp_path: Path
+) -> None:
+    cfg = config(small_synth_dir, **{"cv.models": ["linear"], "cv.folds": 50, "split.block_size_km": 200.0})
+    with pytest.raises(InputError, match=r"cv\.design spatial-block with cv\.folds 50 .*block_size_km"):
+        cross_validate(cfg, prepared, tmp_path / "cv")
+    assert not (tmp_path / "cv" / "metrics_summary.csv").exists()

@@ -16,12 +16,14 @@ import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
 import socmap.mapping as mapping
-from socmap.config import load_config
+import socmap.mapping.blocks as map_blocks
+from socmap.config import MapConfig, TrainConfig, load_config
 from socmap.data import RasterStack, discover_stack
 from socmap.errors import InputError, OutputError
 from socmap.mapping import MapResult, map_soc, parse_bbox, png_paths, uncertainty_method
-from socmap.models import build_model
-from socmap.predictor import Predictor, load_predictor, save_predictor
+from socmap.models import SocModel, TargetInfo, load_model, save_model
+from socmap.models.deep import DeepModel
+from socmap.models.networks import build_network
 from socmap.region import load_region, to_crs
 from socmap.train import train
 from socmap.windows import extract_windows
@@ -29,7 +31,12 @@ from socmap.windows import extract_windows
 YEAR = 2023
 BLOCK = 64  # several blocks on the 2000 m grid (179 x 184 px)
 # a 40 x 40 px box in the south-east (lakes, region edge) for the runs that only compare schedulers
-BBOX = (700_000.0, 5_270_000.0, 780_000.0, 5_350_000.0)
+BBOX = [700_000.0, 5_270_000.0, 780_000.0, 5_350_000.0]
+
+
+def _opts(year: int | str | None = YEAR, **options: Any) -> MapConfig:
+    """The map section of these tests: ``map.year`` plus any other option."""
+    return MapConfig(year=None if year is None else str(year), **options)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +70,7 @@ def mapped(
     """The whole region mapped sequentially, with every progress report kept."""
     reports: list[tuple[int, int]] = []
     out = tmp_path_factory.mktemp("map") / "soc_2023.tif"
-    result = map_soc(run_dir, YEAR, out, block_size=BLOCK, progress=lambda d, t: reports.append((d, t)))
+    result = map_soc(_opts(block_size=BLOCK), run_dir, out, progress=lambda d, t: reports.append((d, t)))
     return result, reports
 
 
@@ -71,8 +78,8 @@ def _stack(run_dir: Path) -> RasterStack:
     return discover_stack(load_config(run_dir / "config.yaml"))
 
 
-def _members(run_dir: Path) -> list[Predictor]:
-    return [load_predictor(run_dir / "runs" / f"run_{i}") for i in range(2)]
+def _members(run_dir: Path) -> list[SocModel]:
+    return [load_model(run_dir / "runs" / f"run_{i}") for i in range(2)]
 
 
 def _read(path: Path) -> tuple[np.ndarray, dict[str, Any], dict[str, str]]:
@@ -91,7 +98,7 @@ def _grid_offset(path: Path, stack: RasterStack) -> tuple[int, int]:
 
 def test_map_equals_training_extraction_and_models(run_dir: Path, mapped: Any) -> None:
     """Every pixel's nodata status follows the documented policy, and the values at region-edge, lake-side
-    and random pixels equal extract_windows + Predictor.predict (the training-time code) averaged over runs."""
+    and random pixels equal extract_windows + SocModel.predict (the training-time code) averaged over runs."""
     result, _ = mapped
     stack = _stack(run_dir)
     values, profile, _ = _read(result.out)
@@ -151,6 +158,7 @@ def test_cog_layout_metadata_and_pngs(run_dir: Path, mapped: Any) -> None:
         assert tags["covariate_time_labels"] == "2019,2020,2021,2022,2023"
         assert tags["model_ids"].split(",") == result.model_ids and len(result.model_ids) == 2
         assert tags["method"].startswith("ensemble_spread") and tags["socmap_version"]
+        assert tags["model_kinds"] == "cnn_lstm" and "cnn_lstm" in d[1]
         assert src.tags(2)["name"] == "q05" and src.tags(4)["method"] == d[3]
         pred = src.read(1, masked=True)
         assert 5 < float(pred.mean()) < 80  # g/kg, original scale
@@ -173,7 +181,7 @@ def test_resume_after_failure_keeps_finished_blocks(
 ) -> None:
     out = tmp_path / "soc_2023.tif"
     blocks = out.with_name(out.name + ".blocks")
-    save = mapping._save_block
+    save = map_blocks.save_block
     calls = {"n": 0}
 
     def failing_save(path: Path, values: np.ndarray) -> None:
@@ -182,18 +190,18 @@ def test_resume_after_failure_keeps_finished_blocks(
         calls["n"] += 1
         save(path, values)
 
-    monkeypatch.setattr(mapping, "_save_block", failing_save)
+    monkeypatch.setattr(map_blocks, "save_block", failing_save)
     with pytest.raises(RuntimeError, match="injected"):
-        map_soc(run_dir, YEAR, out, block_size=BLOCK)
-    monkeypatch.setattr(mapping, "_save_block", save)
+        map_soc(_opts(block_size=BLOCK), run_dir, out)
+    monkeypatch.setattr(map_blocks, "save_block", save)
     finished = sorted(blocks.glob("r*.npy"))
     assert len(finished) == 3 and not out.exists() and not any(blocks.glob(".*tmp*"))
     before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in finished}
 
-    with pytest.raises(OutputError, match="--resume"):
-        map_soc(run_dir, YEAR, out, block_size=BLOCK)
+    with pytest.raises(OutputError, match="resume=True"):
+        map_soc(_opts(block_size=BLOCK), run_dir, out)
     with pytest.raises(OutputError, match="different year"):
-        map_soc(run_dir, 2022, out, block_size=BLOCK, resume=True)
+        map_soc(_opts(2022, block_size=BLOCK), run_dir, out, resume=True)
 
     seen: dict[str, tuple[int, bytes]] = {}
     write_outputs = mapping.write_outputs
@@ -205,7 +213,7 @@ def test_resume_after_failure_keeps_finished_blocks(
     monkeypatch.setattr(mapping, "write_outputs", snapshot)
     reports: list[int] = []
     resumed = map_soc(
-        run_dir, YEAR, out, block_size=BLOCK, resume=True, progress=lambda d, t: reports.append(d)
+        _opts(block_size=BLOCK), run_dir, out, resume=True, progress=lambda d, t: reports.append(d)
     )
     assert resumed.n_blocks_resumed == 3 and resumed.n_blocks == mapped[0].n_blocks
     assert all(seen[name] == before[name] for name in before) and len(seen) == resumed.n_blocks
@@ -216,27 +224,31 @@ def test_resume_after_failure_keeps_finished_blocks(
     assert profile_a == profile_b and tags_a == tags_b
 
 
-@pytest.mark.parametrize("scheduler", ["threads", "distributed"])
+@pytest.mark.parametrize("scheduler", ["threads", "distributed", "client"])
 def test_dask_schedulers_equal_sequential_bit_for_bit(
     run_dir: Path, mapped: Any, tmp_path: Path, scheduler: str
 ) -> None:
-    sequential = map_soc(run_dir, YEAR, tmp_path / "seq.tif", bbox=BBOX, block_size=16)
+    sequential = map_soc(_opts(bbox=BBOX, block_size=16), run_dir, tmp_path / "seq.tif")
     if scheduler == "threads":
-        other = map_soc(run_dir, YEAR, tmp_path / "dask.tif", bbox=BBOX, block_size=16, scheduler="threads")
-    else:
+        other = map_soc(_opts(bbox=BBOX, block_size=16, scheduler="threads"), run_dir, tmp_path / "dask.tif")
+    elif scheduler == "distributed":
         from distributed import LocalCluster
 
         with LocalCluster(
             n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
         ) as cluster:
-            other = map_soc(
-                run_dir,
-                YEAR,
-                tmp_path / "dask.tif",
-                bbox=BBOX,
-                block_size=16,
-                scheduler=cluster.scheduler_address,
-            )
+            options = _opts(bbox=BBOX, block_size=16, scheduler=cluster.scheduler_address)
+            other = map_soc(options, run_dir, tmp_path / "dask.tif")
+    else:  # a caller's own distributed.Client (in-process workers)
+        from distributed import Client, LocalCluster
+
+        with (
+            LocalCluster(
+                n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+            other = map_soc(_opts(bbox=BBOX, block_size=16), run_dir, tmp_path / "dask.tif", client=client)
     a, profile_a, _ = _read(sequential.out)
     b, profile_b, _ = _read(other.out)
     assert sequential.n_blocks >= 6 and sequential.n_mapped > 500
@@ -260,7 +272,7 @@ def _single_model_run(run_dir: Path, target: Path) -> Path:
 
 def test_single_point_model_has_no_uncertainty_bands(run_dir: Path, tmp_path: Path) -> None:
     single = _single_model_run(run_dir, tmp_path / "single")
-    result = map_soc(single, YEAR, tmp_path / "m.tif", bbox=BBOX)
+    result = map_soc(_opts(bbox=BBOX), single, tmp_path / "m.tif")
     values, profile, tags = _read(result.out)
     assert result.method == "none" and tags["method"].startswith("none")
     mapped_px = values[0] != profile["nodata"]
@@ -270,44 +282,50 @@ def test_single_point_model_has_no_uncertainty_bands(run_dir: Path, tmp_path: Pa
     assert result.uncertainty_png.read_bytes()[:4] == b"\x89PNG"
 
 
+def _quantile_member(base: DeepModel, seed: int) -> DeepModel:
+    """A CNN-LSTM with a Q05/Q50/Q95 head (random weights), the base model's inputs and normalisation."""
+    member = type(base)(TrainConfig(loss_type="quantile", quantiles=[0.05, 0.5, 0.95]))
+    member.net_spec = {"name": base.net_spec["name"], "kwargs": {**base.net_spec["kwargs"], "n_outputs": 3}}
+    torch.manual_seed(seed)
+    member.net = build_network(member.net_spec["name"], **member.net_spec["kwargs"]).eval()
+    member.normalizer, member.transform = base.normalizer, base.transform
+    member.inputs, member.model_id = base.inputs, f"q{seed}"
+    return member
+
+
 def test_quantile_heads_are_averaged(run_dir: Path, tmp_path: Path) -> None:
     """Two members with quantile heads: Q05/Q95 are the heads' quantiles averaged over members."""
     folder = _single_model_run(run_dir, tmp_path / "quantile")
-    base = load_predictor(run_dir)
-    members = []
-    for i in range(2):
-        spec = json.loads((run_dir / "model.json").read_text())
-        spec.update(loss_type="quantile", quantiles=[0.05, 0.5, 0.95], model_id=f"q{i}")
-        spec["model"]["kwargs"]["n_outputs"] = 3
-        torch.manual_seed(i)
-        model = build_model(spec["model"]["name"], **spec["model"]["kwargs"]).eval()
-        member = Predictor(model, spec, base.normalizer, base.transform)
-        save_predictor(folder / "runs" / f"run_{i}", member)
-        members.append(member)
-    assert uncertainty_method(members) == "interval_heads"
-    result = map_soc(folder, YEAR, tmp_path / "q.tif", bbox=BBOX)
+    base = load_model(run_dir)
+    assert isinstance(base, DeepModel)
+    members = [_quantile_member(base, i) for i in range(2)]
+    for i, member in enumerate(members):
+        save_model(member, folder / "runs" / f"run_{i}")
+    assert uncertainty_method(members) == "model_intervals"
+    result = map_soc(_opts(bbox=BBOX), folder, tmp_path / "q.tif")
     values, profile, tags = _read(result.out)
-    assert result.method == "interval_heads" and tags["model_ids"] == "q0,q1"
+    assert result.method == "model_intervals" and tags["model_ids"] == "q0,q1"
     stack = _stack(run_dir)
     row0, col0 = _grid_offset(result.out, stack)
     r, c = np.nonzero(values[0] != profile["nodata"])
     windows = extract_windows(stack, r + row0, c + col0, [str(YEAR)] * r.size, 5, 5)
-    heads = [m.predict_intervals(windows) for m in members]
+    heads = [m.predict_quantiles(windows, (0.05, 0.5, 0.95)) for m in members]
     assert all(h is not None for h in heads)
-    q05 = np.mean([h["q05"] for h in heads if h], axis=0)
-    q95 = np.mean([h["q95"] for h in heads if h], axis=0)
+    q05 = np.mean([h[:, 0] for h in heads if h is not None], axis=0)
+    q95 = np.mean([h[:, 2] for h in heads if h is not None], axis=0)
     pred = np.stack([m.predict(windows) for m in members])
-    sd = np.sqrt(np.mean([((h["q95"] - h["q05"]) / 3.289707) ** 2 for h in heads if h], axis=0) + pred.var(0))
+    widths = [((h[:, 2] - h[:, 0]) / 3.289707) ** 2 for h in heads if h is not None]
+    sd = np.sqrt(np.mean(widths, axis=0) + pred.var(0))
     np.testing.assert_allclose(values[0, r, c], pred.mean(0), rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(values[1, r, c], q05, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(values[2, r, c], q95, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(values[3, r, c], sd, rtol=1e-4, atol=1e-4)
     with rasterio.open(result.out) as src:
-        assert "interval heads" in " ".join(src.descriptions)
+        assert "cnn_lstm quantile head" in " ".join(src.descriptions)
 
 
 def test_other_resolution_warps_and_warns(run_dir: Path, tmp_path: Path) -> None:
-    result = map_soc(run_dir, YEAR, tmp_path / "r.tif", bbox=BBOX, resolution=4000.0)
+    result = map_soc(_opts(bbox=BBOX, resolution=4000.0), run_dir, tmp_path / "r.tif")
     with rasterio.open(result.out) as src:
         assert src.res == (4000.0, 4000.0) and 300 < result.n_mapped < 600
     assert any("different area" in w for w in result.warnings)
@@ -333,36 +351,44 @@ def test_region_from_argument_or_config(run_dir: Path, tmp_path: Path) -> None:
         minx, miny, maxx, maxy = region.bounds  # the output is cut to the polygon's bounds
         assert values.shape[1] <= (maxy - miny) / 2000 + 2 and values.shape[2] <= (maxx - minx) / 2000 + 2
 
-    check(map_soc(run_dir, YEAR, tmp_path / "arg.tif", region=path))
+    check(map_soc(_opts(region=path), run_dir, tmp_path / "arg.tif"))
     folder = _single_model_run(run_dir, tmp_path / "with_region")
     text = (folder / "config.yaml").read_text().replace("region: null", f"region: {path}")
     (folder / "config.yaml").write_text(text)
-    check(map_soc(folder, YEAR, tmp_path / "config.tif"))
+    check(map_soc(_opts(), folder, tmp_path / "config.tif"))
 
 
 def test_input_errors(run_dir: Path, mapped: Any, tmp_path: Path) -> None:
+    """Errors name the config keys and parameters (map.year, map.bbox, overwrite=True), never CLI flags."""
     with pytest.raises(InputError, match=r"year 2005: .* 2001\.\.2005 .* 2002\.\.2023"):
-        map_soc(run_dir, 2005, tmp_path / "a.tif")
-    with pytest.raises(InputError, match=r"year 2031: .* 2027\.\.2031 .* 2002\.\.2023"):
-        map_soc(run_dir, 2031, tmp_path / "a.tif")
-    with pytest.raises(InputError, match="do not overlap"):
-        map_soc(run_dir, YEAR, tmp_path / "a.tif", bbox=(0.0, 0.0, 10.0, 10.0))
-    with pytest.raises(InputError, match="--scheduler 'thread'"):
-        map_soc(run_dir, YEAR, tmp_path / "a.tif", scheduler="thread")
+        map_soc(_opts(2005), run_dir, tmp_path / "a.tif")
+    with pytest.raises(InputError, match=r"map\.year 2031: .* 2027\.\.2031 .* 2002\.\.2023"):
+        map_soc(_opts(2031), run_dir, tmp_path / "a.tif")
+    with pytest.raises(InputError, match=r"map\.year is not set: .* 2002\.\.2023"):
+        map_soc(_opts(None), run_dir, tmp_path / "a.tif")
+    with pytest.raises(InputError, match=r"region and map\.bbox do not overlap"):
+        map_soc(_opts(bbox=[0.0, 0.0, 10.0, 10.0]), run_dir, tmp_path / "a.tif")
+    with pytest.raises(InputError, match=r"map\.scheduler: scheduler 'thread'"):
+        load_config(None, {"map.scheduler": "thread"})
+    unchecked = MapConfig.model_construct(year=str(YEAR), scheduler="thread")  # pydantic validation skipped
+    with pytest.raises(InputError, match=r"map\.scheduler 'thread'"):
+        map_soc(unchecked, run_dir, tmp_path / "a.tif")
+    with pytest.raises(InputError, match=r"map\.block_size 8: expected 16\.\.8192"):
+        map_soc(MapConfig.model_construct(year=str(YEAR), block_size=8), run_dir, tmp_path / "a.tif")
     with pytest.raises(InputError, match=r"config\.yaml is missing"):
-        map_soc(tmp_path, YEAR, tmp_path / "a.tif")
+        map_soc(_opts(), tmp_path, tmp_path / "a.tif")
     with pytest.raises(OutputError, match=r"\.tif"):
-        map_soc(run_dir, YEAR, tmp_path / "a.png")
-    with pytest.raises(OutputError, match="--overwrite"):
-        map_soc(run_dir, YEAR, mapped[0].out)
+        map_soc(_opts(), run_dir, tmp_path / "a.png")
+    with pytest.raises(OutputError, match="overwrite=True"):
+        map_soc(_opts(), run_dir, mapped[0].out)
     assert not list(tmp_path.iterdir())
-    assert parse_bbox("1,2,3,4") == (1.0, 2.0, 3.0, 4.0)
+    assert parse_bbox("1,2,3,4") == [1.0, 2.0, 3.0, 4.0]
     for bad in ("1,2,3", "a,b,c,d", "3,2,1,4"):
-        with pytest.raises(InputError, match="--bbox"):
+        with pytest.raises(InputError, match=r"map\.bbox"):
             parse_bbox(bad)
 
 
 def test_depth_tag_only_for_lucas_oc() -> None:
-    assert mapping._depth_tag({"column": "OC", "unit": "g/kg"}) == "0-20 cm (LUCAS topsoil)"
-    assert mapping._depth_tag({"column": "SOC", "unit": "g/kg"}) == "unknown"
-    assert mapping._depth_tag({"column": "OC", "unit": "%"}) == "unknown"
+    assert mapping.depth_tag(TargetInfo("OC", "g/kg")) == "0-20 cm (LUCAS topsoil)"
+    assert mapping.depth_tag(TargetInfo("SOC", "g/kg")) == "unknown"
+    assert mapping.depth_tag(TargetInfo("OC", "%")) == "unknown"

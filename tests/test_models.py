@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from socmap.errors import InputError
-from socmap.models import RefittedCovLSTM, build_model, count_parameters
+from socmap.models.networks import RefittedCovLSTM, build_network, count_parameters
 
 
 def expected_parameters(c: int, window: int, hidden: int = 128, feat: int = 128, outputs: int = 1) -> int:
@@ -47,8 +47,8 @@ def test_time_order_matters_and_last_step_feeds_fusion() -> None:
 def test_small_window_refused_and_registry() -> None:
     with pytest.raises(InputError, match="window size 3: RefittedCovLSTM needs windows of at least 4"):
         RefittedCovLSTM(6, window_size=3)
-    with pytest.raises(InputError, match="model 'resnet': expected one of cnn_lstm"):
-        build_model("resnet", num_channels=6)
+    with pytest.raises(InputError, match=r"network .resnet.: expected one of cnn_lstm"):
+        build_network("resnet", num_channels=6)
 
 
 def test_model_never_moves_itself_to_a_device() -> None:

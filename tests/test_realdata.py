@@ -20,7 +20,7 @@ def test_edgeroi_single_date_static_stack(tmp_path: Path) -> None:
     root = shared_data("edgeroi")
     data, _ = prepare(load_config(CONFIGS / "edgeroi.yaml"), tmp_path / "edgeroi")
     assert data.windows.shape == (341, 5, 5, 5, 1)
-    assert data.meta["drops"] == {}
+    assert data.meta.drops == {}
     profiles = pd.read_csv(root / "edgeroi_splineCarbon.csv")
     np.testing.assert_allclose(data.target, profiles["X0.5.cm"])
     # centre pixel == rasterio's own point sampling at the profile location, for every band
@@ -46,7 +46,7 @@ def test_edgeroi_raster_without_crs_needs_assume_crs(tmp_path: Path) -> None:
         load_config(CONFIGS / "edgeroi.yaml", {**overrides, "covariates.assume_crs": "EPSG:32755"}),
         tmp_path / "b",
     )
-    assert data.meta["drops"]["outside_rasters"] > 0  # the grids cover a small sub-area
+    assert data.meta.drops["outside_rasters"] > 0  # the grids cover a small sub-area
     assert root.is_dir()
 
 
@@ -54,7 +54,7 @@ def test_macedonia_monthly_series_matches_published_regression_matrix(tmp_path: 
     root = shared_data("macedonia")
     data, _ = prepare(load_config(CONFIGS / "macedonia.yaml"), tmp_path / "mkd")
     assert data.windows.shape[1:] == (15, 3, 3, 12)
-    assert data.meta["time_labels"] == [f"{m:02d}" for m in range(1, 13)]
+    assert data.meta.time_labels == [f"{m:02d}" for m in range(1, 13)]
     reg = pd.read_csv(root / "soil" / "MKD_RegMatrix.csv")
     merged = data.samples.reset_index().merge(reg, left_on="sample_id", right_on="id")
     assert len(merged) == len(reg)

@@ -12,7 +12,7 @@ import torch
 
 from socmap.config import SocmapConfig, load_config
 from socmap.errors import OutputError
-from socmap.predictor import load_predictor
+from socmap.models import load_model
 from socmap.train import fit_run, make_split, train
 from socmap.windows import load_prepared, prepare
 
@@ -63,25 +63,26 @@ def test_run_folder_contents(trained) -> None:
         assert not (run / "checkpoint.pt").exists()
         assert len(pd.read_csv(run / "history.csv")) == 3
     spec = json.loads((out / "model.json").read_text())
-    assert spec["bands"][0] == "Elevation" and spec["normalizer"]["fitted_on"] == "training samples only"
-    assert spec["target_transform"]["name"] == "normalize"
+    assert spec["kind"] == "cnn_lstm" and spec["bands"][0] == "Elevation"
+    assert spec["state"]["normalizer"]["fitted_on"] == "training samples only"
+    assert spec["state"]["target_transform"]["name"] == "normalize"
     assert set(pd.read_csv(out / "split.csv")["role"]) == {"train", "validation"}
 
 
 def test_aggregate_and_best_run(trained) -> None:
     s = trained.summary
-    r2s = [r["metrics"]["r2"] for r in s["runs"]]
-    assert s["best_run"] == int(np.argmax(r2s))
-    assert s["aggregate"]["r2"]["mean"] == pytest.approx(np.mean(r2s))
-    assert s["aggregate"]["r2"]["std"] == pytest.approx(np.std(r2s, ddof=1))
-    assert s["aggregate"]["r2"]["max"] == max(r2s)
-    assert s["r2_ceiling_validation"] is not None and 0 < s["r2_ceiling_validation"] < 1
-    assert [r["seed"] for r in s["runs"]] == [0, 1]
+    r2s = [r.metrics["r2"] for r in s.runs]
+    assert s.best_run == int(np.argmax(r2s))
+    assert s.aggregate["r2"]["mean"] == pytest.approx(np.mean(r2s))
+    assert s.aggregate["r2"]["std"] == pytest.approx(np.std(r2s, ddof=1))
+    assert s.aggregate["r2"]["max"] == max(r2s)
+    assert s.r2_ceiling is not None and 0 < s.r2_ceiling < 1
+    assert [r.seed for r in s.runs] == [0, 1]
 
 
 def test_reload_reproduces_validation_predictions_exactly(trained, prepared_small: Path) -> None:
     data = load_prepared(prepared_small)
-    predictor = load_predictor(trained.out, expected_bands=data.bands)
+    predictor = load_model(trained.out, expected_bands=data.bands)
     best = trained.out / "runs" / f"run_{trained.best_run}"
     table = pd.read_csv(best / "predictions.csv")
     split = pd.read_csv(trained.out / "split.csv")
@@ -108,12 +109,12 @@ def test_early_stopping_restores_best_weights(
     result = train(cfg, tmp_path / "r", prepared=prepared_small)
     hist = result.runs[0].history
     m = result.runs[0].metrics
-    assert m["stopped_early"] and len(hist) < 60
+    assert m.fit["stopped_early"] and len(hist) < 60
     best_epoch = int(hist["val_loss"].idxmin())
-    assert m["best_epoch"] == best_epoch == len(hist) - 1 - 3
+    assert m.best_epoch == best_epoch == len(hist) - 1 - 3
     # the saved model's validation metrics are the best epoch's, not the last epoch's
-    assert m["metrics"]["rmse"] == pytest.approx(hist["val_rmse"].iloc[best_epoch], rel=1e-5)
-    assert m["metrics"]["rmse"] != pytest.approx(hist["val_rmse"].iloc[-1], rel=1e-5)
+    assert m.metrics["rmse"] == pytest.approx(hist["val_rmse"].iloc[best_epoch], rel=1e-5)
+    assert m.metrics["rmse"] != pytest.approx(hist["val_rmse"].iloc[-1], rel=1e-5)
 
 
 def test_resume_after_interruption_gives_identical_weights(
@@ -137,7 +138,7 @@ def test_resume_after_interruption_gives_identical_weights(
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    assert resumed.summary["best"]["metrics"] == full.summary["best"]["metrics"]
+    assert resumed.summary.best.metrics == full.summary.best.metrics
     pd.testing.assert_frame_equal(
         full.runs[0].history.drop(columns=["seconds", "data_seconds"]),
         resumed.runs[0].history.drop(columns=["seconds", "data_seconds"]),
@@ -146,8 +147,8 @@ def test_resume_after_interruption_gives_identical_weights(
 
 def test_same_seed_same_metrics(small_synth_dir: Path, prepared_small: Path, tmp_path: Path) -> None:
     cfg = config(small_synth_dir, **{"train.epochs": 2, "train.num_runs": 1})
-    a = train(cfg, tmp_path / "a", prepared=prepared_small).summary["best"]["metrics"]
-    b = train(cfg, tmp_path / "b", prepared=prepared_small).summary["best"]["metrics"]
+    a = train(cfg, tmp_path / "a", prepared=prepared_small).summary.best.metrics
+    b = train(cfg, tmp_path / "b", prepared=prepared_small).summary.best.metrics
     assert a == b
 
 
@@ -181,7 +182,7 @@ def test_every_loss_trains_and_predicts_on_the_original_scale(
     assert 0.25 < ratio < 4, ratio
     if loss in {"gaussian_nll", "quantile"}:
         assert (table["q05"] <= table["q95"]).all()
-        assert "picp" in result.summary["best"]["intervals"]
+        assert result.summary.best.intervals is not None and "picp" in result.summary.best.intervals
 
 
 def test_balanced_sampling_changes_what_the_model_trains_on(
@@ -198,7 +199,7 @@ def test_balanced_sampling_changes_what_the_model_trains_on(
         },
     )
     result = train(cfg, tmp_path / "r", prepared=prepared_small)
-    n_train = result.summary["n_train"]
+    n_train = result.summary.n_train
     assert result.runs[0].history["samples"].iloc[0] > n_train
     report = json.loads((result.out / "balance_report.json").read_text())
     assert report["n_added"] > 0 and report["mean_after"] > report["mean_before"]
@@ -207,9 +208,9 @@ def test_balanced_sampling_changes_what_the_model_trains_on(
 def test_no_validation_mode(small_synth_dir: Path, prepared_small: Path, tmp_path: Path) -> None:
     cfg = config(small_synth_dir, **{"train.use_validation": False, "train.num_runs": 1, "train.epochs": 2})
     result = train(cfg, tmp_path / "r", prepared=prepared_small)
-    assert result.summary["n_validation"] == 0
-    assert result.summary["evaluated_on"].startswith("training")
-    assert result.summary["r2_ceiling_validation"] is None
+    assert result.summary.n_validation == 0
+    assert result.summary.evaluated_on.startswith("training")
+    assert result.summary.r2_ceiling is None
 
 
 def test_checkpoint_safety(trained, tmp_path: Path) -> None:
@@ -221,7 +222,7 @@ def test_checkpoint_safety(trained, tmp_path: Path) -> None:
     folder = tmp_path / "m"
     shutil.copytree(trained.out, folder, ignore=shutil.ignore_patterns("runs", "prepared"))
     with pytest.raises(InputError, match=r"trained on bands \['Elevation'.*but the data have \['A', 'B'\]"):
-        load_predictor(folder, expected_bands=["A", "B"])
+        load_model(folder, expected_bands=["A", "B"])
 
     class Evil:
         def __reduce__(self):
@@ -230,7 +231,43 @@ def test_checkpoint_safety(trained, tmp_path: Path) -> None:
     with open(folder / "model.pt", "wb") as fh:
         pickle.dump({"x": Evil()}, fh)
     with pytest.raises(InputError, match="holds more than weights"):
-        load_predictor(folder)
+        load_model(folder)
     (folder / "model.pt").write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(InputError, match="truncated or corrupt"):
-        load_predictor(folder)
+        load_model(folder)
+
+
+@pytest.mark.parametrize("kind", ["rf", "qrf", "xgb", "linear", "ensemble"])
+def test_every_model_kind_trains_into_the_same_run_folder(
+    small_synth_dir: Path, prepared_small: Path, tmp_path: Path, kind: str
+) -> None:
+    """`train --model KIND`: same split, run folder, metrics and reload for tree, linear and blended models."""
+    cfg = config(
+        small_synth_dir,
+        **{
+            "train.model": kind,
+            "train.target_transform": "log",
+            "models": {
+                "rf": {"n_estimators": 20},
+                "qrf": {"n_estimators": 20},
+                "xgb": {"n_estimators": 30},
+                "ensemble": {"members": ["rf", "linear"], "blend": "mean"},
+            },
+        },
+    )
+    result = train(cfg, tmp_path / "r", prepared=prepared_small)
+    s = result.summary
+    assert (
+        s.model == kind and [r.model for r in s.runs] == [kind, kind] and [r.seed for r in s.runs] == [0, 1]
+    )
+    assert json.loads((result.out / "model.json").read_text())["kind"] == kind
+    split = pd.read_csv(result.out / "split.csv")
+    val = np.flatnonzero(split["role"].to_numpy() == "validation")
+    data = load_prepared(prepared_small)
+    model = load_model(result.out, expected_bands=data.bands)
+    table = pd.read_csv(result.out / "runs" / f"run_{result.best_run}" / "predictions.csv")
+    np.testing.assert_array_equal(model.predict(np.asarray(data.windows[val])), table["predicted"].to_numpy())
+    assert s.best.metrics["r2"] > 0.1  # it learned something, on the original scale
+    assert (s.best.intervals is not None) == (kind == "qrf")
+    if kind == "qrf":
+        assert (table["q05"] <= table["q95"]).all()

@@ -48,13 +48,13 @@ def tiny_prepared(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory):
 
 def test_drops_by_reason(tiny_prepared) -> None:
     meta = tiny_prepared.meta
-    assert meta["drops"] == tiny.EXPECTED_DROPS
-    assert meta["n_samples"] == tiny.N_GOOD == len(tiny_prepared.samples)
-    assert meta["n_input_rows"] == tiny.N_GOOD + sum(tiny.EXPECTED_DROPS.values())
-    assert any("NDVI: no file for 2020" in w for w in meta["warnings"])
-    assert any("LST" in w and "CRS EPSG:4326 instead of EPSG:32632" in w for w in meta["warnings"])
-    assert meta["shape"] == [tiny.N_GOOD, 3, 5, 5, 3]
-    assert meta["bands"] == ["Elevation", "NDVI", "LST"]
+    assert meta.drops == tiny.EXPECTED_DROPS
+    assert meta.n_samples == tiny.N_GOOD == len(tiny_prepared.samples)
+    assert meta.n_input_rows == tiny.N_GOOD + sum(tiny.EXPECTED_DROPS.values())
+    assert any("NDVI: no file for 2020" in w for w in meta.warnings)
+    assert any("LST" in w and "CRS EPSG:4326 instead of EPSG:32632" in w for w in meta.warnings)
+    assert meta.shape == [tiny.N_GOOD, 3, 5, 5, 3]
+    assert meta.bands == ["Elevation", "NDVI", "LST"]
 
 
 def test_known_values_time_order_and_gaps(tiny_prepared) -> None:
@@ -180,7 +180,7 @@ def test_misaligned_raster_is_warped_or_refused(tmp_path: Path) -> None:
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data, 1)
     data_w, _ = prepare(tiny_config(root), tmp_path / "p")
-    assert any("misaligned by +0.370" in w for w in data_w.meta["warnings"])
+    assert any("misaligned by +0.370" in w for w in data_w.meta.warnings)
     with pytest.raises(InputError, match=r"2021.tif is not on the working grid \(misaligned"):
         prepare(
             tiny_config(root, **{"grid.allow_warp": False, "covariates.temporal": ["NDVI"]}), tmp_path / "q"

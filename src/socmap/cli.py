@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
+import re
 import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -12,6 +17,10 @@ from rich.console import Console
 from socmap import __version__
 from socmap.config import SocmapConfig
 from socmap.errors import InputError, SocmapError
+
+if TYPE_CHECKING:
+    from socmap.evaluate import CVResult
+    from socmap.runfolder import RunSummary
 
 app = typer.Typer(
     name="socmap",
@@ -21,6 +30,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
+
+
+def _warn(text: str) -> None:
+    console.print(f"[yellow]warning:[/] {text}", highlight=False, soft_wrap=True)
 
 
 def _version(value: bool) -> None:
@@ -131,11 +144,11 @@ def prepare(
     meta = data.meta
     if reused:
         typer.echo(f"{out} is up to date (same config and inputs); reused")
-    for warning in meta["warnings"]:
-        console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
-    n, c, h, w, t = meta["shape"]
+    for warning in meta.warnings:
+        _warn(warning)
+    n, c, h, w, t = meta.shape
     typer.echo(f"{drops_summary(meta)}")
-    typer.echo(f"wrote {out}: windows [{n}, {c}, {h}, {w}, {t}] for bands {', '.join(meta['bands'])}")
+    typer.echo(f"wrote {out}: windows [{n}, {c}, {h}, {w}, {t}] for bands {', '.join(meta.bands)}")
 
 
 @app.command()
@@ -192,7 +205,12 @@ def train(
         int | None, typer.Option("--patience", help="Early-stopping patience in epochs [20].")
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed of run 0 [0].")] = None,
-    model: Annotated[str | None, typer.Option("--model", help="Model architecture: cnn_lstm.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model", help="Model kind: cnn_lstm, rf, qrf, xgb, linear, ensemble (or a registered one)."
+        ),
+    ] = None,
     wandb_mode: Annotated[
         str | None, typer.Option("--wandb-mode", help="online, offline or disabled [$WANDB_MODE or offline].")
     ] = None,
@@ -200,7 +218,7 @@ def train(
     sets: SetOption = None,
     overwrite: OverwriteOption = False,
 ) -> None:
-    """Train the CNN-LSTM over several runs; keep the best run (by validation R²) and all runs' models.
+    """Train any model kind over several runs; keep the best run (by validation R²) and all runs' models.
 
     Flags keep the seed project's names and defaults; any other config key can be set with --set.
     """
@@ -249,24 +267,28 @@ def train(
             bar.update(tasks[run], completed=epoch + 1, metrics=text)  # type: ignore[arg-type]
 
         result = run_train(cfg, out, prepared=prepared, resume=resume, overwrite=overwrite, on_epoch=on_epoch)
-    s = result.summary
-    best, agg = s["best"]["metrics"], s["aggregate"]
-    typer.echo(f"{s['n_samples']} samples: {s['n_train']} training, {s['n_validation']} validation")
-    if s.get("split_warning"):
-        console.print(f"[yellow]warning:[/] {s['split_warning']}", highlight=False, soft_wrap=True)
+    _print_train_summary(result.summary, out)
+
+
+def _print_train_summary(s: RunSummary, out: Path) -> None:
+    """The closing lines of `socmap train`: split sizes, the best run's scores (labelled), all runs."""
+    best, agg = s.best.metrics, s.aggregate
+    typer.echo(f"{s.n_samples} samples: {s.n_train} training, {s.n_validation} validation")
+    if s.split_warning:
+        _warn(s.split_warning)
+    for warning in s.warnings:
+        _warn(warning)
     typer.echo(
-        f"best run {s['best_run']} ({s['evaluated_on']}): R² {best['r2']:.3f} (1-SSE/SST; Pearson r² "
+        f"best run {s.best_run} ({s.model}, {s.evaluated_on}): R² {best['r2']:.3f} (1-SSE/SST; Pearson r² "
         f"{best['pearson_r2']:.3f}), RMSE {best['rmse']:.3g}, MAE {best['mae']:.3g}, ME {best['me']:+.3g}, "
         f"RPIQ {best['rpiq']:.2f}, CCC {best['ccc']:.3f}"
     )
     typer.echo(
-        f"over {len(result.runs)} runs: R² {agg['r2']['mean']:.3f} ± {agg['r2']['std']:.3f} "
+        f"over {len(s.runs)} runs: R² {agg['r2']['mean']:.3f} ± {agg['r2']['std']:.3f} "
         f"(min {agg['r2']['min']:.3f}, max {agg['r2']['max']:.3f})"
     )
-    if s.get("r2_ceiling_validation") is not None:
-        typer.echo(
-            f"known ceiling of this validation set (noise-free truth): R² {s['r2_ceiling_validation']:.3f}"
-        )
+    if s.r2_ceiling is not None:
+        typer.echo(f"known ceiling of this validation set (noise-free truth): R² {s.r2_ceiling:.3f}")
     typer.echo(f"wrote {out}")
 
 
@@ -274,10 +296,7 @@ def train(
 def map_(
     run: Annotated[
         Path,
-        typer.Option("--run", help="Run folder of `socmap train` (config.yaml, model.pt, runs/run_<i>/)."),
-    ],
-    year: Annotated[
-        int, typer.Option("--year", help="Year to map: its covariates and those of the T-1 years before it.")
+        typer.Option("--run", help="Run folder of `socmap train` (config.yaml, model.json, runs/run_<i>/)."),
     ],
     out: Annotated[
         Path,
@@ -285,10 +304,16 @@ def map_(
             "--out", help="Output COG (.tif); OUT's name + .png and _uncertainty.png are written beside it."
         ),
     ],
+    year: Annotated[
+        str | None,
+        typer.Option(
+            "--year", help="Time label to map: its covariates and the T-1 before it (not for static stacks)."
+        ),
+    ] = None,
     region: Annotated[
         Path | None,
         typer.Option(
-            help="Region polygon (GeoJSON/GeoPackage); default: the config's filters.region, else Bavaria."
+            help="Region polygon (GeoJSON/GeoPackage); default: the run config's map.region / filters.region."
         ),
     ] = None,
     resolution: Annotated[
@@ -304,10 +329,12 @@ def map_(
         ),
     ] = None,
     block_size: Annotated[
-        int,
+        int | None,
         typer.Option("--block-size", help="Block edge in pixels: one task, one file, one resume unit [512]."),
-    ] = 512,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Windows per model batch [1024].")] = 1024,
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Windows per model batch [1024].")
+    ] = None,
     scheduler: Annotated[
         str | None,
         typer.Option(
@@ -324,13 +351,54 @@ def map_(
         typer.Option("--overwrite", help="Replace existing outputs (only once the new ones are complete)."),
     ] = False,
 ) -> None:
-    """Map SOC of YEAR over the region with every model of the run: a COG (prediction, Q05, Q95, std) + PNGs.
+    """Map the target over the region with every model of the run: a COG (prediction, Q05, Q95, std) + PNGs.
 
-    Nodata outside the region, where a window is less than filters.min_valid_fraction valid, and where fewer
-    than half of the bands have data at the pixel itself in YEAR (lakes).
+    Flags override the run config's `map:` section. Nodata outside the region, where a window is less than
+    filters.min_valid_fraction valid, and where fewer than half of the bands have data at the pixel itself.
     """
-    import time
+    from socmap.mapping import map_soc
+    from socmap.runfolder import RunFolder
 
+    overrides = {
+        "map.year": year,
+        "map.region": str(region.resolve()) if region is not None else None,
+        "map.resolution": resolution,
+        "map.bbox": _parse_bbox(bbox) if bbox is not None else None,
+        "map.block_size": block_size,
+        "map.batch_size": batch_size,
+        "map.scheduler": scheduler,
+    }
+    options = RunFolder(run).load_config({k: v for k, v in overrides.items() if v is not None}).map
+    with _pixel_progress(f"map {options.year or ''}".strip()) as on_progress:
+        result = map_soc(options, run, out, resume=resume, overwrite=overwrite, progress=on_progress)
+    for warning in result.warnings:
+        _warn(warning)
+    resumed = (
+        f", {result.n_blocks_resumed} of {result.n_blocks} blocks resumed" if result.n_blocks_resumed else ""
+    )
+    rate = result.n_region_pixels / result.seconds
+    typer.echo(
+        f"mapped {result.n_mapped:,} of {result.n_region_pixels:,} region pixels ({result.width} x "
+        f"{result.height} px) in {result.seconds:.1f} s ({rate:,.0f} px/s{resumed})"
+    )
+    typer.echo(f"bands: prediction, Q05, Q95, std ({result.method}, {len(result.model_ids)} models)")
+    typer.echo(f"wrote {result.out}, {result.png}, {result.uncertainty_png}")
+
+
+def _parse_bbox(text: str) -> list[float]:
+    """``minx,miny,maxx,maxy`` -> four numbers (the config checks their order)."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
+        raise InputError(f"--bbox {text!r}: expected four numbers minx,miny,maxx,maxy in the grid's CRS")
+    return values
+
+
+@contextlib.contextmanager
+def _pixel_progress(label: str) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar fed with (done, total) region pixels; px/s counts only pixels computed now."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -340,11 +408,8 @@ def map_(
         TimeRemainingColumn,
     )
 
-    from socmap.mapping import map_soc, parse_bbox
-
-    box = parse_bbox(bbox) if bbox is not None else None
     columns = (
-        TextColumn(f"[bold]map {year}"),
+        TextColumn(f"[bold]{label}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("px {task.fields[rate]}"),
@@ -364,32 +429,7 @@ def map_(
             rate = (done - first[1]) / max(now - first[0], 1e-9)
             bar.update(task, completed=done, rate=f"{rate:,.0f} px/s")
 
-        result = map_soc(
-            run,
-            year,
-            out,
-            region=region,
-            resolution=resolution,
-            bbox=box,
-            block_size=block_size,
-            batch_size=batch_size,
-            resume=resume,
-            overwrite=overwrite,
-            scheduler=scheduler,
-            progress=on_progress,
-        )
-    for warning in result.warnings:
-        console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
-    resumed = (
-        f", {result.n_blocks_resumed} of {result.n_blocks} blocks resumed" if result.n_blocks_resumed else ""
-    )
-    rate = result.n_region_pixels / result.seconds
-    typer.echo(
-        f"mapped {result.n_mapped:,} of {result.n_region_pixels:,} region pixels ({result.width} x "
-        f"{result.height} px) in {result.seconds:.1f} s ({rate:,.0f} px/s{resumed})"
-    )
-    typer.echo(f"bands: prediction, Q05, Q95, std ({result.method}, {len(result.model_ids)} models)")
-    typer.echo(f"wrote {result.out}, {result.png}, {result.uncertainty_png}")
+        yield on_progress
 
 
 @app.command()
@@ -413,56 +453,33 @@ def predict(
     The config describes the new samples and covariates (same bands as the model); targets, when present,
     give R², RMSE and the other metrics on the original scale.
     """
-    import numpy as np
-    import pandas as pd
+    from socmap.predict import predict_samples
 
-    from socmap._atomic import atomic_file, write_json
-    from socmap.errors import OutputError
-    from socmap.metrics import regression_metrics
-    from socmap.predictor import load_ensemble, predict_table
-    from socmap.windows import prepare as run_prepare
-
-    if out.exists() and not overwrite:
-        raise OutputError(f"output {out} exists; pass --overwrite to replace it")
-    cfg = _load(config, sets)
-    data, _ = run_prepare(cfg, prepared or out.with_suffix(".prepared"), overwrite=True)
-    predictors = load_ensemble(run, expected_bands=data.bands)
-    spec = predictors[0].spec
-    if data.windows.shape[2:] != (spec["window_size"], spec["window_size"], spec["time_steps"]):
-        raise InputError(
-            f"model {run} expects {spec['window_size']}x{spec['window_size']} windows of {spec['time_steps']} "
-            f"steps, the data have {list(data.windows.shape[2:])}; set windows.size / windows.time_steps"
-        )
-    table = data.samples[["sample_id", "lon", "lat", "time", "target"]].rename(columns={"target": "observed"})
-    for key, values in predict_table(predictors, np.asarray(data.windows)).items():
-        table[key] = values
-    with atomic_file(out) as tmp:
-        pd.DataFrame(table).to_csv(tmp, index=False)
-    m = regression_metrics(table["observed"], table["predicted"])
-    write_json(
-        out.with_suffix(".metrics.json"),
-        {"n_models": len(predictors), "metrics": m, "drops": data.meta["drops"]},
-    )
-    typer.echo(
-        f"{len(table)} samples, {len(predictors)} model(s): R² {m['r2']:.3f}, RMSE {m['rmse']:.4g}, "
+    result = predict_samples(_load(config, sets), run, out, prepared=prepared, overwrite=overwrite)
+    m = result.metrics
+    text = (
+        f"{result.n_samples} samples, {result.n_models} model(s): R² {m['r2']:.3f}, RMSE {m['rmse']:.4g}, "
         f"MAE {m['mae']:.4g}, ME {m['me']:+.4g}, CCC {m['ccc']:.3f}"
     )
-    typer.echo(f"wrote {out}")
+    if result.intervals is not None:
+        text += f", PICP(90%) {result.intervals['picp']:.2f}"
+    typer.echo(text)
+    typer.echo(f"wrote {result.out}")
 
 
 @app.command()
 def cv(
     config: ConfigOption = None,
     models: Annotated[
-        str, typer.Option("--models", help="Comma-separated models: cnn_lstm, rf, qrf, xgb.")
-    ] = "cnn_lstm,rf,qrf,xgb",
+        str | None, typer.Option("--models", help="Comma-separated model kinds [cnn_lstm,rf,qrf,xgb].")
+    ] = None,
     design: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--cv",
             help="spatial-block, buffered, random, distance-split or knndm (matched to the region's map).",
         ),
-    ] = "spatial-block",
+    ] = None,
     folds: Annotated[
         int | None,
         typer.Option(
@@ -477,7 +494,7 @@ def cv(
         Path | None, typer.Option("--prepared", help="Prepared folder to use/create (default: OUT/prepared).")
     ] = None,
     epochs: Annotated[
-        int | None, typer.Option("--epochs", help="Deep model's epochs per fold (default: train.epochs).")
+        int | None, typer.Option("--epochs", help="Deep models' epochs per fold (default: train.epochs).")
     ] = None,
     seed: Annotated[
         int | None, typer.Option("--seed", help="Seed of the folds (default: split.seed).")
@@ -485,59 +502,84 @@ def cv(
     trees: Annotated[
         int | None, typer.Option("--trees", help="Trees of rf/qrf and boosting rounds of xgb [300/300/400].")
     ] = None,
-    n_jobs: Annotated[int, typer.Option("--n-jobs", min=1, help="Threads of the baselines [2].")] = 2,
+    n_jobs: Annotated[
+        int | None,
+        typer.Option("--n-jobs", min=1, help="CPU threads of the models (train.threads) [all cores]."),
+    ] = None,
+    select: Annotated[
+        bool,
+        typer.Option(
+            "--select/--no-select",
+            help="Name the model with the best pooled R² and write OUT/selected.yaml for `socmap train`.",
+        ),
+    ] = False,
     sets: SetOption = None,
     overwrite: OverwriteOption = False,
 ) -> None:
-    """Cross-validate the CNN-LSTM against rf / qrf / xgb on identical folds (spatial-block by default).
+    """Cross-validate model kinds on identical folds (spatial-block by default); flags override `cv:`.
 
     Writes folds.csv, out-of-fold predictions.csv, per-fold and summary metrics, metrics.md, comparison.png.
-    The deep model early-stops on a split of each fold's training part, never on its test part.
+    Deep models early-stop on a split of each fold's training part, never on its test part.
     """
-    import math
-
-    from socmap.evaluate import CV_DESIGNS, check_models, cross_validate
+    from socmap.evaluate import cross_validate, select_model
     from socmap.windows import prepare as run_prepare
 
-    names = check_models([m for m in models.split(",") if m.strip()])
-    if design not in CV_DESIGNS:
-        raise InputError(f"--cv {design!r}: expected one of {', '.join(CV_DESIGNS)}")
-    cfg = _load(config, sets, {"train.epochs": epochs})
-    params: dict[str, dict[str, object]] | None = (
-        {m: {"n_estimators": trees} for m in ("rf", "qrf", "xgb") if m in names} if trees else None
-    )
+    extra: dict[str, object] = {
+        "cv.models": [m for m in models.split(",") if m.strip()] if models is not None else None,
+        "cv.design": design,
+        "cv.folds": folds,
+        "cv.seed": seed,
+        "train.epochs": epochs,
+        "train.threads": n_jobs,
+    }
+    cfg = _load(config, sets, extra)
+    if trees is not None:
+        cfg = cfg.model_copy(update={"models": _with_trees(cfg.models, trees)})
     with console.status("preparing") as status:
         data, _ = run_prepare(cfg, prepared or out / "prepared", overwrite=True, progress=status.update)
         result = cross_validate(
             cfg,
             data,
-            models=names,
-            cv=design,
-            folds=folds,
-            out=out,
-            seed=seed,
+            out,
             overwrite=overwrite,
-            baseline_params=params,
-            n_jobs=n_jobs,
             progress=lambda msg: status.update(f"cross-validating: {msg}"),
         )
+    _print_cv(result, len(data.samples))
+    if select:
+        chosen = select_model(out)
+        typer.echo(f"selected {chosen.kind} (pooled {chosen.metric} {chosen.value:.3f}); train it with:")
+        typer.echo(f"  socmap train --config {chosen.config_path} --out runs/{chosen.kind}")
+    typer.echo(f"wrote {out} (metrics.md, metrics_summary.csv, predictions.csv, comparison.png)")
+
+
+def _with_trees(models: dict[str, dict[str, object]], trees: int) -> dict[str, dict[str, object]]:
+    """``--trees N``: n_estimators of every tree kind (rf, qrf, xgb)."""
+    out = {k: dict(v) for k, v in models.items()}
+    for kind in ("rf", "qrf", "xgb"):
+        out.setdefault(kind, {})["n_estimators"] = trees
+    return out
+
+
+def _print_cv(result: CVResult, n_samples: int) -> None:
+    """Pooled out-of-fold metrics first, fold mean ± sd beside them."""
     values = {(str(r["model"]), str(r["metric"])): r for r in result.summary.to_dict("records")}
 
     def num(model: str, metric: str, column: str) -> float:
         return float(values[(model, metric)][column])
 
+    models = list(dict.fromkeys(result.summary["model"]))
     n_folds = int(result.per_fold["fold"].nunique())
-    typer.echo(f"{design} cross-validation, {n_folds} folds, {len(data.samples)} samples")
-    for m in names:
+    typer.echo(f"{result.cv} cross-validation, {n_folds} folds, {n_samples} samples")
+    for m in models:
         mean, std, pooled = (num(m, "r2", k) for k in ("mean", "std", "pooled"))
-        per_fold = f"R² {mean:.3f} ± {std:.3f} over folds, " if math.isfinite(mean) else ""
-        text = f"{m}: {per_fold}pooled R² {pooled:.3f}, RMSE {num(m, 'rmse', 'pooled'):.3g}"
+        text = f"{m}: pooled R² {pooled:.3f}, RMSE {num(m, 'rmse', 'pooled'):.3g}"
+        if math.isfinite(mean):
+            text += f" (fold mean R² {mean:.3f} ± {std:.3f})"
         if (m, "picp") in values and math.isfinite(num(m, "picp", "pooled")):
             text += f", PICP(90%) {num(m, 'picp', 'pooled'):.2f}"
         typer.echo(text)
     if result.r2_ceiling is not None:
         typer.echo(f"known ceiling of the tested samples (noise-free truth): R² {result.r2_ceiling:.3f}")
-    typer.echo(f"wrote {out} (metrics.md, metrics_summary.csv, predictions.csv, comparison.png)")
 
 
 @app.command()
@@ -591,7 +633,7 @@ def demo(
 
         result = run_demo(out, overrides=overrides, say=lambda m: console.log(m), on_epoch=on_epoch)
     s = result.summary
-    best = s["best"]["metrics"]
+    best = s.best.metrics
     typer.echo(f"data set: {result.data}")
     typer.echo(f"run folder: {result.run} (model.pt, metrics.json, scatter.png)")
     if result.cv is not None:
@@ -600,9 +642,43 @@ def demo(
         typer.echo(f"SOC map (Cloud-Optimized GeoTIFF): {result.map}")
     if result.report is not None:
         typer.echo(f"report: {result.report}")
-    ceiling = s.get("r2_ceiling_validation")
+    ceiling = s.r2_ceiling
     ceiling_text = f" (best possible on this validation set: {ceiling:.3f})" if ceiling is not None else ""
     typer.echo(f"validation R² {best['r2']:.3f}{ceiling_text}, RMSE {best['rmse']:.3g} g/kg")
+
+
+# library errors name config keys; the CLI adds the flag that sets each key
+FLAGS = {
+    "map.year": "--year",
+    "map.region": "--region",
+    "map.resolution": "--resolution",
+    "map.bbox": "--bbox",
+    "map.block_size": "--block-size",
+    "map.batch_size": "--batch-size",
+    "map.scheduler": "--scheduler",
+    "cv.models": "--models",
+    "cv.design": "--cv",
+    "cv.folds": "--folds",
+    "cv.seed": "--seed",
+    "train.model": "--model",
+    "train.epochs": "--epochs",
+    "train.lr": "--lr",
+    "train.loss_type": "--loss_type",
+    "train.target_transform": "--target_transform",
+    "train.num_runs": "--num-runs",
+    "train.batch_size": "--batch-size",
+    "train.patience": "--patience",
+    "train.threads": "--n-jobs",
+    "train.wandb_mode": "--wandb-mode",
+}
+
+
+def flag_message(text: str) -> str:
+    """A library error names a config key (``map.block_size 3: ...``); add the flag that sets it, once."""
+    for key, flag in FLAGS.items():
+        if re.search(rf"(?<![\w.]){re.escape(key)}(?!\w)", text):
+            return f"{text} (flag {flag})"
+    return text
 
 
 def main() -> None:
@@ -610,7 +686,7 @@ def main() -> None:
     try:
         app()
     except SocmapError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {flag_message(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("[bold red]interrupted[/]")

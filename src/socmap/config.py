@@ -228,7 +228,9 @@ class TrainConfig(_Section):
     vary_split: bool = Field(False, description="Give every run its own validation split (seed + run).")
     seed: int = Field(0, description="Seed of run 0 (run i uses seed + i).")
     threads: int | None = Field(
-        None, ge=1, description="CPU threads of torch and the tree models (None: torch's default / all cores)."
+        None,
+        ge=1,
+        description="CPU threads of torch and the tree models (None: torch's default / all cores).",
     )
     wandb_mode: Literal["online", "offline", "disabled"] | None = Field(
         None, description="Weights & Biases mode; None: $WANDB_MODE or offline (never online unless asked)."
@@ -240,12 +242,19 @@ class MapConfig(_Section):
     """`socmap map` settings (its flags override these)."""
 
     year: str | None = Field(
-        None, description="Time label to map (its covariates and the T-1 before it); None: static stacks only."
+        None,
+        description="Time label to map (its covariates and the T-1 before it); None: static stacks only.",
     )
-    region: Path | None = Field(None, description="Region polygon; None: filters.region, else the default region.")
-    resolution: float | None = Field(None, gt=0, description="Pixel size in grid CRS units; None: the grid's.")
+    region: Path | None = Field(
+        None, description="Region polygon; None: filters.region, else the default region."
+    )
+    resolution: float | None = Field(
+        None, gt=0, description="Pixel size in grid CRS units; None: the grid's."
+    )
     bbox: list[float] | None = Field(None, description="minx, miny, maxx, maxy in the grid's CRS.")
-    block_size: int = Field(512, ge=16, le=8192, description="Block edge in pixels (one task, one resume unit).")
+    block_size: int = Field(
+        512, ge=16, le=8192, description="Block edge in pixels (one task, one resume unit)."
+    )
     batch_size: int = Field(1024, ge=1, description="Windows per model batch.")
     scheduler: str | None = Field(
         None, description="None (this process), threads, processes or a dask.distributed address tcp://..."
@@ -283,7 +292,9 @@ class CVConfig(_Section):
     design: Literal["spatial-block", "buffered", "random", "distance-split", "knndm"] = Field(
         "spatial-block", description="Cross-validation design."
     )
-    folds: int | None = Field(None, ge=1, description="Folds (buffered: held-out locations; None: split.folds).")
+    folds: int | None = Field(
+        None, ge=1, description="Folds (buffered: held-out locations; None: split.folds)."
+    )
     models: list[str] = Field(
         ["cnn_lstm", "rf", "qrf", "xgb"], description="Model kinds compared on identical folds."
     )
@@ -323,10 +334,16 @@ class SocmapConfig(_Section):
         from socmap.models.registry import available_models
 
         kinds = available_models()
-        for key, names in (("train.model", [self.train.model]), ("cv.models", self.cv.models), ("models", list(self.models))):
+        for key, names in (
+            ("train.model", [self.train.model]),
+            ("cv.models", self.cv.models),
+            ("models", list(self.models)),
+        ):
             bad = [n for n in names if n not in kinds]
             if bad:
-                raise ValueError(f"{key}: {', '.join(map(repr, bad))} is not a model kind; expected one of {', '.join(kinds)}")
+                raise ValueError(
+                    f"{key}: {', '.join(map(repr, bad))} is not a model kind; expected one of {', '.join(kinds)}"
+                )
         return self
 
     def resolve(self, path: Path) -> Path:
@@ -429,7 +446,12 @@ def parse_override(text: str) -> tuple[str, Any]:
 def dump_config(config: SocmapConfig) -> str:
     """The resolved config as YAML (paths absolute), written into every run and prepared folder."""
     data = config.model_dump(mode="json", exclude={"base_dir"})
-    for section, key in (("samples", "path"), ("covariates", "root"), ("filters", "region"), ("map", "region")):
+    for section, key in (
+        ("samples", "path"),
+        ("covariates", "root"),
+        ("filters", "region"),
+        ("map", "region"),
+    ):
         value = getattr(getattr(config, section), key)
         if value is not None:
             data[section][key] = str(config.resolve(Path(value)).resolve())

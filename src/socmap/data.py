@@ -122,23 +122,46 @@ def _pick(
 
 def load_samples(config: SocmapConfig) -> SampleTable:
     """Read and clean the sample table: coordinates to lon/lat, target, time label; drops counted by reason."""
-    scfg, fcfg = config.samples, config.filters
-    path = config.resolve(scfg.path)
+    path = config.resolve(config.samples.path)
     raw = read_table(path)
     if raw.empty:
         raise InputError(f"samples file {path} has no rows")
     table = SampleTable(frame=pd.DataFrame({"source_row": np.arange(len(raw))}), n_input=len(raw))
     frame = table.frame
+    frame["sample_id"] = _sample_ids(raw, config, path)
+    frame["lon"], frame["lat"] = _lon_lat(raw, config, path)
+    frame["target"], missing = _targets(raw, config, path)
+    if config.samples.uncertainty is not None:
+        column = config.samples.uncertainty
+        if column not in raw.columns:
+            _pick(raw, [column], "uncertainty", path, "uncertainty")
+        frame["uncertainty"] = pd.to_numeric(raw[column], errors="coerce").to_numpy(np.float64)
+    year, time_label = _times(raw, config, path)
+    frame["year"] = year.to_numpy(np.float64)
+    frame["time"] = time_label.to_numpy(dtype=object)
+    _apply_filters(table, config, missing)
+    _handle_duplicates(table, config.samples.duplicates, path)
+    _check_units(table, config)
+    if table.frame.empty:
+        raise InputError(f"samples file {path}: no samples left after filters ({_drops_text(table.drops)})")
+    return table
 
-    # identifiers
-    if scfg.id is not None and scfg.id not in raw.columns:
+
+def _sample_ids(raw: pd.DataFrame, config: SocmapConfig, path: Path) -> NDArray[np.object_]:
+    id_col = config.samples.id
+    if id_col is not None and id_col not in raw.columns:
         raise InputError(
-            f"samples file {path}: no id column '{scfg.id}'; set samples.id (or null to number the rows)"
+            f"samples file {path}: no id column '{id_col}'; set samples.id (or null to number the rows)"
         )
-    ids = raw[scfg.id].astype(str) if scfg.id is not None else pd.Series(np.arange(len(raw)).astype(str))
-    frame["sample_id"] = ids.to_numpy()
+    ids = raw[id_col].astype(str) if id_col is not None else pd.Series(np.arange(len(raw)).astype(str))
+    return ids.to_numpy(dtype=object)
 
-    # coordinates
+
+def _lon_lat(
+    raw: pd.DataFrame, config: SocmapConfig, path: Path
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """WGS84 lon/lat of every row, from projected x/y (``samples.crs``) or lat/lon columns."""
+    scfg = config.samples
     if scfg.x is not None or scfg.y is not None:
         xcol = _pick(raw, scfg.x, "x", path, "x")
         ycol = _pick(raw, scfg.y, "y", path, "y")
@@ -158,57 +181,54 @@ def load_samples(config: SocmapConfig) -> SampleTable:
     except CRSError:
         raise InputError(f"samples.crs {scfg.crs!r} is not a known CRS (e.g. EPSG:4326)") from None
     if src_crs.to_epsg() == 4326:
-        lon, lat = cx, cy
-    else:
-        lon, lat = Transformer.from_crs(src_crs, "EPSG:4326", always_xy=True).transform(cx, cy)
-    frame["lon"], frame["lat"] = np.asarray(lon, np.float64), np.asarray(lat, np.float64)
+        return cx, cy
+    lon, lat = Transformer.from_crs(src_crs, "EPSG:4326", always_xy=True).transform(cx, cy)
+    return np.asarray(lon, np.float64), np.asarray(lat, np.float64)
 
-    # target
-    target_raw = raw[scfg.target] if scfg.target in raw.columns else None
-    if target_raw is None:
+
+def _targets(
+    raw: pd.DataFrame, config: SocmapConfig, path: Path
+) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+    """Scaled numeric targets (NaN where not numeric) and which rows had no value at all."""
+    scfg = config.samples
+    if scfg.target not in raw.columns:
         _pick(raw, [scfg.target], "target", path, "target")
-    assert target_raw is not None
+    target_raw = raw[scfg.target]
     missing = target_raw.isna().to_numpy() | target_raw.astype(str).str.strip().isin(["", "NA", "NaN", "nan"])
     numeric = pd.to_numeric(target_raw, errors="coerce").to_numpy(np.float64) * scfg.target_scale
-    frame["target"] = numeric
-    if scfg.uncertainty is not None:
-        if scfg.uncertainty not in raw.columns:
-            _pick(raw, [scfg.uncertainty], "uncertainty", path, "uncertainty")
-        frame["uncertainty"] = pd.to_numeric(raw[scfg.uncertainty], errors="coerce").to_numpy(np.float64)
+    return numeric, np.asarray(missing, bool)
 
-    # time label (and year when the labels are years)
-    time_label: pd.Series
+
+def _times(raw: pd.DataFrame, config: SocmapConfig, path: Path) -> tuple[pd.Series, pd.Series]:
+    """(year, time label) per row: a fixed ``samples.time``, a year column, or the year of a date column."""
+    scfg = config.samples
     year = pd.Series(np.full(len(raw), np.nan))
     if scfg.time is not None:
-        time_label = pd.Series([str(scfg.time)] * len(raw))
-    else:
-        year_col = _pick(raw, scfg.year, "", path, "year")
-        date_col = _pick(raw, scfg.date, "", path, "date")
-        if year_col is not None:
-            year = pd.to_numeric(raw[year_col], errors="coerce")
-            year = year.where(year == year.round())
-        elif date_col is not None:
-            with warnings.catch_warnings():  # mixed formats fall back to dateutil; unparsable -> NaT, counted
-                warnings.simplefilter("ignore", UserWarning)
-                parsed = pd.to_datetime(raw[date_col], format=scfg.date_format, errors="coerce")
-            year = parsed.dt.year.astype("float64")
-        elif not config.covariates.temporal:  # static covariates only: samples need no time
-            pass
-        else:
-            years = ", ".join(scfg.year or [])
-            dates = ", ".join(scfg.date or [])
-            raise InputError(
-                f"samples file {path}: no year column (looked for {years}) and no date column (looked for "
-                f"{dates}); set samples.year, samples.date, or samples.time for samples without dates"
-            )
-        if year_col is None and date_col is None:
-            time_label = pd.Series(["-"] * len(raw))
-        else:
-            time_label = year.map(lambda v: "" if pd.isna(v) else str(int(v)))
-    frame["year"] = year.to_numpy(np.float64)
-    frame["time"] = time_label.to_numpy(dtype=object)
+        return year, pd.Series([str(scfg.time)] * len(raw))
+    year_col = _pick(raw, scfg.year, "", path, "year")
+    date_col = _pick(raw, scfg.date, "", path, "date")
+    if year_col is not None:
+        year = pd.to_numeric(raw[year_col], errors="coerce")
+        year = year.where(year == year.round())
+    elif date_col is not None:
+        with warnings.catch_warnings():  # mixed formats fall back to dateutil; unparsable -> NaT, counted
+            warnings.simplefilter("ignore", UserWarning)
+            parsed = pd.to_datetime(raw[date_col], format=scfg.date_format, errors="coerce")
+        year = parsed.dt.year.astype("float64")
+    elif config.covariates.temporal:
+        years, dates = ", ".join(scfg.year or []), ", ".join(scfg.date or [])
+        raise InputError(
+            f"samples file {path}: no year column (looked for {years}) and no date column (looked for "
+            f"{dates}); set samples.year, samples.date, or samples.time for samples without dates"
+        )
+    if year_col is None and date_col is None:  # static covariates only: samples need no time
+        return year, pd.Series(["-"] * len(raw))
+    return year, year.map(lambda v: "" if pd.isna(v) else str(int(v)))
 
-    # drops, in the documented order
+
+def _apply_filters(table: SampleTable, config: SocmapConfig, missing: NDArray[np.bool_]) -> None:
+    """Drops in the documented order: coordinates, target, time, year range, region."""
+    fcfg, frame = config.filters, table.frame
     bad_coords = ~np.isfinite(frame["lon"]) | ~np.isfinite(frame["lat"]) | (frame["lat"].abs() > 90)
     bad_coords |= frame["lon"].abs() > 180
     table.drop(bad_coords.to_numpy(), "invalid_coordinates")
@@ -218,7 +238,7 @@ def load_samples(config: SocmapConfig) -> SampleTable:
     if fcfg.max_target is not None:
         table.drop(table.frame["target"] > fcfg.max_target, "above_max_target")
     table.drop(table.frame["time"].eq(""), "invalid_time")
-    if scfg.time is None:
+    if config.samples.time is None:
         yr = table.frame["year"]
         out_of_range = np.zeros(len(yr), dtype=bool)
         if fcfg.year_min is not None:
@@ -230,11 +250,6 @@ def load_samples(config: SocmapConfig) -> SampleTable:
         region = load_region(config.resolve(fcfg.region))
         inside = shapely.contains_xy(region, table.frame["lon"], table.frame["lat"])
         table.drop(~inside, "outside_region")
-    _handle_duplicates(table, scfg.duplicates, path)
-    _check_units(table, config)
-    if table.frame.empty:
-        raise InputError(f"samples file {path}: no samples left after filters ({_drops_text(table.drops)})")
-    return table
 
 
 def _handle_duplicates(table: SampleTable, policy: str, path: Path) -> None:

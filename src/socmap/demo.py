@@ -7,11 +7,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from socmap.config import SocmapConfig, load_config
+from socmap.config import MapConfig, SocmapConfig, load_config
+from socmap.runfolder import RunSummary
 from socmap.synth import synthesize
+
+__all__ = ["DEMO_CV", "DEMO_TRAIN", "DemoResult", "demo_config", "run_demo"]
 
 # Scaled so the demo runs in minutes on a 2-core laptop; `socmap train` defaults are the full settings.
 DEMO_TRAIN = {"train.epochs": 40, "train.patience": 8, "train.num_runs": 2, "train.lr": 1e-3}
+# the comparison: every model on the run's own validation split (distance-split, one fold)
+DEMO_CV = {"cv.design": "distance-split", "cv.folds": 1, "cv.models": ["cnn_lstm", "rf", "qrf", "xgb"]}
 
 
 @dataclass
@@ -20,7 +25,7 @@ class DemoResult:
 
     data: Path
     run: Path
-    summary: dict[str, Any]
+    summary: RunSummary
     cv: Path | None = None
     map: Path | None = None
     report: Path | None = None
@@ -36,6 +41,7 @@ def demo_config(data: Path, overrides: dict[str, Any] | None = None) -> SocmapCo
             "covariates.root": str(data / "covariates"),
             "filters.region": str(data / "region.geojson"),
             **DEMO_TRAIN,
+            **DEMO_CV,
             **(overrides or {}),
         },
     )
@@ -72,21 +78,14 @@ def run_demo(
         from socmap.windows import load_prepared
 
         say("comparing with random forest, quantile forest and XGBoost on the same validation split")
-        cv = cross_validate(
-            config,
-            load_prepared(out / "prepared"),
-            models=["cnn_lstm", "rf", "qrf", "xgb"],
-            cv="distance-split",
-            folds=1,
-            out=result.out / "cv",
-            overwrite=True,
-        )
+        cv = cross_validate(config, load_prepared(out / "prepared"), result.out / "cv", overwrite=True)
         demo.cv = cv.out
     if map_year is not None:
         from socmap.mapping import map_soc
 
         say(f"mapping SOC {map_year} over Bavaria")
-        demo.map = map_soc(result.out, map_year, out / f"soc_{map_year}.tif", overwrite=True).out
+        options = MapConfig(year=str(map_year))
+        demo.map = map_soc(options, result.out, out / f"soc_{map_year}.tif", overwrite=True).out
     say("writing the HTML report")
     demo.report = build_report(result.out, map_path=demo.map, cv_dir=demo.cv)
     return demo

@@ -79,7 +79,9 @@ def predict_samples(
     out = Path(out)
     if out.exists() and not overwrite:
         raise OutputError(f"output {out} exists; pass --overwrite to replace it")
-    data, _ = prepare(config, Path(prepared) if prepared is not None else out.with_suffix(".prepared"), overwrite=True)
+    data, _ = prepare(
+        config, Path(prepared) if prepared is not None else out.with_suffix(".prepared"), overwrite=True
+    )
     members = load_members(run, expected_bands=data.bands)
     members[0].require_inputs().check_windows(data.windows.shape, str(run))
     table = data.samples[["sample_id", "lon", "lat", "time", "target"]].rename(columns={"target": "observed"})
@@ -90,7 +92,9 @@ def predict_samples(
     with atomic_file(out) as tmp:
         pd.DataFrame(table).to_csv(tmp, index=False)
     metrics = regression_metrics(table["observed"], table["predicted"])
-    intervals = interval_metrics(table["observed"], table["q05"], table["q95"], 0.9) if "q05" in table else None
+    intervals = (
+        interval_metrics(table["observed"], table["q05"], table["q95"], 0.9) if "q05" in table else None
+    )
     metrics_file = out.with_suffix(".metrics.json")
     write_json(
         metrics_file,

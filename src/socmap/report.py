@@ -11,6 +11,7 @@ import base64
 import html
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,10 @@ import pandas as pd
 from socmap import __version__
 from socmap._atomic import write_text
 from socmap.errors import InputError
+from socmap.runfolder import RunFolder, RunSummary
+from socmap.windows import PreparedMeta
+
+__all__ = ["SECTIONS", "build_report"]
 
 SECTIONS = (
     "Data and drops",
@@ -70,181 +75,224 @@ def _figures() -> Any:
     return plt
 
 
-def build_report(
-    run_dir: str | Path,
-    out: str | Path | None = None,
-    map_path: str | Path | None = None,
-    cv_dir: str | Path | None = None,
-) -> Path:
-    """Write ``run_dir/report.html`` (or ``out``) and return its path."""
-    run = Path(run_dir)
-    metrics_path = run / "metrics.json"
-    if not metrics_path.is_file():
-        raise InputError(f"{run} is not a finished run folder (no metrics.json); run socmap train first")
-    summary = json.loads(metrics_path.read_text())
-    split = pd.read_csv(run / "split.csv")
-    role_col = "role" if "role" in split.columns else f"role_run{summary['best_run']}"
-    unit = summary.get("target", {}).get("unit", "")
-    plt = _figures()
-    parts: list[str] = []
+@dataclass
+class _Context:
+    """What every section reads: the run folder, its typed summary, prepared metadata and split table."""
 
-    def section(title: str, body: str) -> None:
-        anchor = title.lower().replace(" ", "-")
-        parts.append(f'<section id="{anchor}"><h2>{html.escape(title)}</h2>{body}</section>')
+    run: RunFolder
+    summary: RunSummary
+    meta: PreparedMeta | None
+    split: pd.DataFrame
+    role_col: str
 
-    # Data and drops
-    drops = summary.get("drops", {})
-    meta_path = Path(summary.get("prepared_dir", run / "prepared")) / "meta.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    rows = [
-        ("samples used", summary["n_samples"]),
-        ("training", summary["n_train"]),
-        ("validation", summary["n_validation"]),
+    @property
+    def unit(self) -> str:
+        return self.summary.target.unit
+
+
+def _load_context(run_dir: Path) -> _Context:
+    run = RunFolder(run_dir)
+    if not run.is_finished():
+        raise InputError(f"{run_dir} is not a finished run folder (no metrics.json); run socmap train first")
+    summary = run.load_summary()
+    meta_path = Path(summary.prepared_dir or run.default_prepared) / "meta.json"
+    meta = PreparedMeta.from_json(json.loads(meta_path.read_text())) if meta_path.is_file() else None
+    split = pd.read_csv(run.split_file)
+    role_col = "role" if "role" in split.columns else f"role_run{summary.best_run}"
+    return _Context(run, summary, meta, split, role_col)
+
+
+def _data_section(ctx: _Context) -> str:
+    s, meta = ctx.summary, ctx.meta
+    rows: list[tuple[str, Any]] = [
+        ("samples used", s.n_samples),
+        ("training", s.n_train),
+        ("validation", s.n_validation),
     ]
-    if meta:
+    if meta is not None:
         rows = [
-            ("input rows", meta["n_input_rows"]),
+            ("input rows", meta.n_input_rows),
             *rows,
-            ("locations", meta.get("n_locations", "")),
-            ("bands", ", ".join(meta["bands"])),
-            ("window", f"{meta['window_size']} px x {meta['time_steps']} steps"),
+            ("locations", meta.n_locations),
+            ("bands", ", ".join(meta.bands)),
+            ("window", f"{meta.window_size} px x {meta.time_steps} steps"),
         ]
     body = _table(pd.DataFrame(rows, columns=["", "value"]))
-    if drops:
+    if s.drops:
         body += "<h3>Dropped samples by reason</h3>" + _table(
-            pd.DataFrame(list(drops.items()), columns=["reason", "samples"])
+            pd.DataFrame(list(s.drops.items()), columns=["reason", "samples"])
         )
     else:
         body += "<p>No sample was dropped.</p>"
-    for warning in meta.get("warnings", []):
+    for warning in meta.warnings if meta is not None else []:
         body += f'<p class="warn">{html.escape(warning)}</p>'
-    section("Data and drops", body)
+    return body
 
-    # Points
+
+def _points_section(ctx: _Context) -> str:
+    plt = _figures()
     fig, ax = plt.subplots(figsize=(6, 6))
     for role, color in (("train", "#1f77b4"), ("validation", "#d62728")):
-        sel = split[split[role_col] == role]
+        sel = ctx.split[ctx.split[ctx.role_col] == role]
         ax.scatter(
             sel["lon"], sel["lat"], s=3 if role == "train" else 6, c=color, label=f"{role} ({len(sel)})"
         )
-    region = _region_outline(run)
+    region = _region_outline(ctx.run.path)
     if region is not None:
         ax.plot(*region, color="black", lw=0.8)
     ax.set_xlabel("longitude")
     ax.set_ylabel("latitude")
     ax.legend(loc="best", fontsize=8)
-    ax.set_aspect(1 / np.cos(np.deg2rad(split["lat"].mean())))
-    section("Training and validation points", _png(fig))
+    ax.set_aspect(1 / np.cos(np.deg2rad(ctx.split["lat"].mean())))
+    return _png(fig)
 
-    # Distributions + KS
-    rep_path = run / "split_report.json"
-    report = json.loads(rep_path.read_text()) if rep_path.is_file() else {}
+
+def _distribution_section(ctx: _Context) -> str:
+    plt = _figures()
+    path = ctx.run.split_report_file
+    report = json.loads(path.read_text()) if path.is_file() else {}
+    split, role = ctx.split, ctx.split[ctx.role_col]
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    train_y = split.loc[split[role_col] == "train", "target"]
-    val_y = split.loc[split[role_col] == "validation", "target"]
     bins = np.linspace(0, float(split["target"].quantile(0.995)), 50)
-    ax.hist(train_y, bins=bins, density=True, alpha=0.5, label="training")
+    ax.hist(split.loc[role == "train", "target"], bins=bins, density=True, alpha=0.5, label="training")
+    val_y = split.loc[role == "validation", "target"]
     if len(val_y):
         ax.hist(val_y, bins=bins, density=True, alpha=0.5, label="validation")
-    ax.set_xlabel(f"target ({unit})")
+    ax.set_xlabel(f"target ({ctx.unit})")
     ax.legend()
     body = _png(fig)
     if "ks_pvalue" in report:
         body += f"<p>KS two-sample test: statistic {report['ks_statistic']:.3f}, p = {report['ks_pvalue']:.3g}.</p>"
     if report.get("warning"):
         body += f'<p class="warn">{html.escape(report["warning"])}</p>'
-    section("Target distributions", body)
+    return body
 
-    # Curves
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for run_metrics in summary["runs"]:
-        hist_path = run / "runs" / f"run_{run_metrics['run']}" / "history.csv"
-        if not hist_path.is_file():
+
+def _curves_section(ctx: _Context) -> str:
+    histories = []
+    for r in ctx.summary.runs:
+        path = RunFolder.history_file(ctx.run.run_dir(r.run))
+        try:
+            histories.append((r.run, pd.read_csv(path)))
+        except (FileNotFoundError, pd.errors.EmptyDataError):
             continue
-        hist = pd.read_csv(hist_path)
-        axes[0].plot(hist["epoch"], hist["train_loss"], lw=1, label=f"run {run_metrics['run']} train")
+    histories = [(i, h) for i, h in histories if "epoch" in h]
+    if not histories:
+        return f"<p>{html.escape(ctx.summary.model)} is not trained in epochs: no training curves.</p>"
+    plt = _figures()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for i, hist in histories:
+        axes[0].plot(hist["epoch"], hist["train_loss"], lw=1, label=f"run {i} train")
         if "val_loss" in hist:
-            axes[0].plot(
-                hist["epoch"], hist["val_loss"], lw=1, ls="--", label=f"run {run_metrics['run']} val"
-            )
-            axes[1].plot(hist["epoch"], hist["val_r2"], lw=1, label=f"run {run_metrics['run']}")
+            axes[0].plot(hist["epoch"], hist["val_loss"], lw=1, ls="--", label=f"run {i} val")
+            axes[1].plot(hist["epoch"], hist["val_r2"], lw=1, label=f"run {i}")
     axes[0].set_xlabel("epoch")
     axes[0].set_ylabel("loss (transformed scale)")
     axes[1].set_xlabel("epoch")
     axes[1].set_ylabel("validation R² (1-SSE/SST)")
     axes[0].legend(fontsize=7)
-    section("Training curves", _png(fig))
+    return _png(fig)
 
-    # Observed vs predicted + residuals
-    pred = pd.read_csv(run / "runs" / f"run_{summary['best_run']}" / "predictions.csv")
+
+def _scatter_section(ctx: _Context) -> str:
+    plt = _figures()
+    unit, s = ctx.unit, ctx.summary
+    pred = ctx.run.load_predictions(s.best_run)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
     axes[0].scatter(pred["observed"], pred["predicted"], s=5, alpha=0.5)
+    lo = float(min(pred["observed"].min(), pred["predicted"].min()))
     hi = float(max(pred["observed"].max(), pred["predicted"].max()))
-    axes[0].plot([0, hi], [0, hi], color="black", lw=1)
+    axes[0].plot([lo, hi], [lo, hi], color="black", lw=1)
     axes[0].set_xlabel(f"observed ({unit})")
     axes[0].set_ylabel(f"predicted ({unit})")
     axes[1].scatter(pred["predicted"], pred["observed"] - pred["predicted"], s=5, alpha=0.5)
     axes[1].axhline(0, color="black", lw=1)
     axes[1].set_xlabel(f"predicted ({unit})")
     axes[1].set_ylabel(f"residual observed - predicted ({unit})")
-    section(
-        "Observed vs predicted",
-        f"<p>Best run {summary['best_run']}, {html.escape(summary['evaluated_on'])}.</p>" + _png(fig),
+    return f"<p>Best run {s.best_run} ({html.escape(s.model)}), {html.escape(s.evaluated_on)}.</p>" + _png(
+        fig
     )
 
-    # Metrics
+
+def _metrics_section(ctx: _Context) -> str:
+    s = ctx.summary
     keys = ["r2", "pearson_r2", "rmse", "mae", "me", "rpiq", "ccc"]
     per_run = pd.DataFrame(
         [
             {
-                "run": r["run"],
-                "seed": r["seed"],
-                "best epoch": r["best_epoch"],
-                **{k: r["metrics"][k] for k in keys},
+                "run": r.run,
+                "model": r.model,
+                "seed": r.seed,
+                "best epoch": r.best_epoch,
+                **{k: r.metrics[k] for k in keys},
             }
-            for r in summary["runs"]
+            for r in s.runs
         ]
     )
     agg = pd.DataFrame(
-        [
-            {"statistic": s, **{k: summary["aggregate"][k][s] for k in keys}}
-            for s in ("mean", "std", "min", "max")
-        ]
+        [{"statistic": st, **{k: s.aggregate[k][st] for k in keys}} for st in ("mean", "std", "min", "max")]
     )
     body = "<p>R² is 1 - SSE/SST on the original scale; Pearson r² is shown separately.</p>"
     body += _table(per_run) + "<h3>Over runs</h3>" + _table(agg)
-    if summary.get("r2_ceiling_validation") is not None:
-        body += (
-            f"<p>Known best possible R² on this validation set (noise-free synthetic truth): "
-            f"{summary['r2_ceiling_validation']:.3f}.</p>"
-        )
-    section("Metrics", body)
+    for warning in s.warnings:
+        body += f'<p class="warn">{html.escape(warning)}</p>'
+    if s.r2_ceiling is not None:
+        body += f"<p>Known best possible R² on this validation set (noise-free synthetic truth): {s.r2_ceiling:.3f}.</p>"
+    return body
 
-    # Comparison
-    cv = Path(cv_dir) if cv_dir is not None else run / "cv"
-    if (cv / "metrics.md").is_file():
-        body = f"<pre>{html.escape((cv / 'metrics.md').read_text())}</pre>"
-        if (cv / "comparison.png").is_file():
-            body += _img_file(cv / "comparison.png")
-        section("Model comparison", body)
-    else:
-        section("Model comparison", "<p>No cross-validation results (run <code>socmap cv</code>).</p>")
 
-    # Map
-    body = "<p>No map given (run <code>socmap map</code> and pass <code>--map</code>).</p>"
-    if map_path is not None:
-        tif = Path(map_path)
-        pngs = [tif.with_suffix(".png"), tif.with_name(tif.stem + "_uncertainty.png")]
-        found = [p for p in pngs if p.is_file()]
-        if not found:
-            raise InputError(f"map {tif}: no PNG beside it ({pngs[0].name}); was it written by socmap map?")
-        body = f"<p>{html.escape(str(tif))}</p>" + "".join(_img_file(p) for p in found)
-    section("SOC map", body)
+def _comparison_section(cv: Path) -> str:
+    if not (cv / "metrics.md").is_file():
+        return "<p>No cross-validation results (run <code>socmap cv</code>).</p>"
+    body = f"<pre>{html.escape((cv / 'metrics.md').read_text())}</pre>"
+    if (cv / "comparison.png").is_file():
+        body += _img_file(cv / "comparison.png")
+    return body
 
-    section("Configuration", f"<pre>{html.escape((run / 'config.yaml').read_text())}</pre>")
-    page = _page(summary, parts)
-    target = Path(out) if out is not None else run / "report.html"
-    write_text(target, page)
+
+def _map_section(map_path: Path | None) -> str:
+    if map_path is None:
+        return "<p>No map given (run <code>socmap map</code> and pass <code>--map</code>).</p>"
+    pngs = [map_path.with_suffix(".png"), map_path.with_name(map_path.stem + "_uncertainty.png")]
+    found = [p for p in pngs if p.is_file()]
+    if not found:
+        raise InputError(f"map {map_path}: no PNG beside it ({pngs[0].name}); was it written by socmap map?")
+    return f"<p>{html.escape(str(map_path))}</p>" + "".join(_img_file(p) for p in found)
+
+
+def build_report(
+    run_dir: str | Path,
+    out: str | Path | None = None,
+    map_path: str | Path | None = None,
+    cv_dir: str | Path | None = None,
+) -> Path:
+    """Write ``run_dir/report.html`` (or ``out``) and return its path.
+
+    Args:
+        run_dir: a finished run folder.
+        out: the HTML file (default ``run_dir/report.html``).
+        map_path: a COG written by ``socmap map`` (its PNGs are embedded).
+        cv_dir: a ``socmap cv`` folder (default ``run_dir/cv`` if present).
+    """
+    ctx = _load_context(Path(run_dir))
+    cv = Path(cv_dir) if cv_dir is not None else ctx.run.cv_dir
+    bodies = (
+        _data_section(ctx),
+        _points_section(ctx),
+        _distribution_section(ctx),
+        _curves_section(ctx),
+        _scatter_section(ctx),
+        _metrics_section(ctx),
+        _comparison_section(cv),
+        _map_section(Path(map_path) if map_path is not None else None),
+        f"<pre>{html.escape(ctx.run.config_file.read_text())}</pre>",
+    )
+    parts = [
+        f'<section id="{title.lower().replace(" ", "-")}"><h2>{html.escape(title)}</h2>{body}</section>'
+        for title, body in zip(SECTIONS, bodies, strict=True)
+    ]
+    target = Path(out) if out is not None else ctx.run.report_file
+    write_text(target, _page(ctx.summary, parts))
     return target
 
 
@@ -270,9 +318,9 @@ def _region_outline(run: Path) -> tuple[Any, Any] | None:
     return np.array(xs), np.array(ys)
 
 
-def _page(summary: dict[str, Any], parts: list[str]) -> str:
-    best = summary["best"]["metrics"]
-    title = f"socmap report: {summary.get('name', 'run')}"
+def _page(summary: RunSummary, parts: list[str]) -> str:
+    best = summary.best.metrics
+    title = f"socmap report: {summary.name}"
     nav = " | ".join(f'<a href="#{s.lower().replace(" ", "-")}">{s}</a>' for s in SECTIONS)
     style = (
         "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
@@ -281,9 +329,10 @@ def _page(summary: dict[str, Any], parts: list[str]) -> str:
         "padding:1em;overflow:auto;font-size:12px}"
     )
     head = (
-        f"<h1>{html.escape(title)}</h1><p>Validation R² {best['r2']:.3f}, RMSE {best['rmse']:.3g}, "
-        f"ME {best['me']:+.3g}, CCC {best['ccc']:.3f} (best run {summary['best_run']}). socmap {__version__}.</p>"
-        f"<nav>{nav}</nav>"
+        f"<h1>{html.escape(title)}</h1><p>Validation R² {best['r2']:.3f}, "
+        f"RMSE {best['rmse']:.3g}, ME {best['me']:+.3g}, CCC {best['ccc']:.3f} (best run {summary.best_run}, "
+        f"model {html.escape(summary.model)}). "
+        f"socmap {__version__}.</p><nav>{nav}</nav>"
     )
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'

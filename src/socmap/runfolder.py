@@ -75,7 +75,16 @@ class RunMetrics:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunMetrics:
-        known = {"run", "seed", "model", "evaluated_on", "metrics", "monitor_metrics", "intervals", "warnings"}
+        known = {
+            "run",
+            "seed",
+            "model",
+            "evaluated_on",
+            "metrics",
+            "monitor_metrics",
+            "intervals",
+            "warnings",
+        }
         return cls(
             int(data["run"]),
             int(data["seed"]),
@@ -240,7 +249,9 @@ class RunFolder:
     # ------------------------------------------------------------------ typed I/O
     def load_config(self, overrides: dict[str, Any] | None = None) -> SocmapConfig:
         if not self.config_file.is_file():
-            raise InputError(f"run folder {self.path}: config.yaml is missing (is it a socmap train run folder?)")
+            raise InputError(
+                f"run folder {self.path}: config.yaml is missing (is it a socmap train run folder?)"
+            )
         return load_config(self.config_file, overrides)
 
     def save_config(self, config: SocmapConfig) -> None:
@@ -248,7 +259,9 @@ class RunFolder:
 
     def load_summary(self) -> RunSummary:
         if not self.summary_file.is_file():
-            raise InputError(f"run folder {self.path}: metrics.json is missing (an unfinished or foreign run)")
+            raise InputError(
+                f"run folder {self.path}: metrics.json is missing (an unfinished or foreign run)"
+            )
         return RunSummary.from_json(json.loads(self.summary_file.read_text()))
 
     def save_summary(self, summary: RunSummary) -> None:

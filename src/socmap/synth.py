@@ -514,7 +514,7 @@ class SynthResult:
     seconds: float
 
 
-def synthesize(
+def synthesize(  # noqa: PLR0915  (one linear recipe whose steps share the RNG stream; splitting it would hide the order)
     out: str | Path,
     resolution: float = 1000.0,
     seed: int = 0,

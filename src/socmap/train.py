@@ -71,14 +71,18 @@ def make_split(config: SocmapConfig, data: PreparedData, seed: int) -> SplitPlan
     """The validation split of the config's method (k-fold methods: the first fold is validation)."""
     n = len(data.samples)
     if not config.train.use_validation:
-        return SplitPlan(np.arange(n), np.empty(0, np.int64), {"note": "no validation (use_validation false)"})
+        return SplitPlan(
+            np.arange(n), np.empty(0, np.int64), {"note": "no validation (use_validation false)"}
+        )
     method = config.split.method
     if method == "buffered":
         raise InputError(
             f"split.method {method!r} cannot give one validation set for training; "
             "use distance-split, spatial-block or random (buffered is for `socmap cv`)"
         )
-    splitter = splitter_for(config.split, method, 1 if method == "distance-split" else config.split.folds, seed)
+    splitter = splitter_for(
+        config.split, method, 1 if method == "distance-split" else config.split.folds, seed
+    )
     coords = data.samples[["lon", "lat"]]
     train_idx, val_idx = next(iter(splitter.split(coords, data.target)))
     if len(val_idx) < 5 or len(train_idx) < 10:
@@ -92,7 +96,10 @@ def make_split(config: SocmapConfig, data: PreparedData, seed: int) -> SplitPlan
 
 
 def _prediction_table(
-    data: PreparedData, rows: NDArray[np.int64], point: NDArray[np.float64], quantiles: NDArray[np.float64] | None
+    data: PreparedData,
+    rows: NDArray[np.int64],
+    point: NDArray[np.float64],
+    quantiles: NDArray[np.float64] | None,
 ) -> pd.DataFrame:
     table = pd.DataFrame(
         {
@@ -159,7 +166,9 @@ def fit_run(
         evaluated_on="validation" if has_val else "training (no validation held out)",
         metrics=regression_metrics(table["observed"], table["predicted"]),
         fit={k: v for k, v in info.to_json().items() if k != "warnings"},
-        intervals=interval_metrics(table["observed"], table["q05"], table["q95"], 0.9) if quantiles is not None else None,
+        intervals=interval_metrics(table["observed"], table["q05"], table["q95"], 0.9)
+        if quantiles is not None
+        else None,
         warnings=info.warnings,
     )
     history = pd.DataFrame(info.history)
@@ -185,14 +194,18 @@ def _open_run_folder(folder: RunFolder, config: SocmapConfig, resume: bool, over
     """Refuse a finished or foreign folder, continue an interrupted one (``resume``: its own config)."""
     out = folder.path
     if folder.is_finished() and not overwrite:
-        raise OutputError(f"run folder {out} already holds a finished run; pass --overwrite or choose another --out")
+        raise OutputError(
+            f"run folder {out} already holds a finished run; pass --overwrite or choose another --out"
+        )
     if resume:
         if not folder.is_run_folder():
             raise InputError(f"--resume: {out} holds no config.yaml of an interrupted run")
         return folder.load_config()
     if out.exists() and any(out.iterdir()):
         if not overwrite:
-            raise OutputError(f"run folder {out} exists and is not empty; pass --resume to continue it or --overwrite")
+            raise OutputError(
+                f"run folder {out} exists and is not empty; pass --resume to continue it or --overwrite"
+            )
         if not folder.is_run_folder():
             raise OutputError(
                 f"run folder {out} is not empty and is not a socmap run folder (no config.yaml); refusing to "
@@ -215,11 +228,16 @@ def _write_split(folder: RunFolder, config: SocmapConfig, data: PreparedData, pl
         table[f"role_run{i}" if vary else "role"] = role
     with atomic_file(folder.split_file) as tmp:
         table.to_csv(tmp, index=False)
-    write_json(folder.split_report_file, {f"run{i}": p.report for i, p in enumerate(plans)} if vary else plans[0].report)
+    write_json(
+        folder.split_report_file,
+        {f"run{i}": p.report for i, p in enumerate(plans)} if vary else plans[0].report,
+    )
     if config.sampling.balanced:
         y = data.target[plans[0].train]
         s = config.sampling
-        sampler = BalancedSampler(y, n_bins=s.n_bins, min_fraction=s.min_fraction, binning=s.binning, seed=config.train.seed)
+        sampler = BalancedSampler(
+            y, n_bins=s.n_bins, min_fraction=s.min_fraction, binning=s.binning, seed=config.train.seed
+        )
         write_json(folder.balance_report_file, balance_report(y, sampler.indices(0)))
 
 
@@ -253,7 +271,10 @@ def train(
     if n < MIN_SAMPLES:
         raise InputError(f"only {n} samples after filters: too few to train (need at least {MIN_SAMPLES})")
     tcfg = config.train
-    plans = [make_split(config, data, config.split.seed + (i if tcfg.vary_split else 0)) for i in range(tcfg.num_runs)]
+    plans = [
+        make_split(config, data, config.split.seed + (i if tcfg.vary_split else 0))
+        for i in range(tcfg.num_runs)
+    ]
     _write_split(folder, config, data, plans)
     runs: list[RunResult] = []
     for i in range(tcfg.num_runs):
@@ -264,7 +285,9 @@ def train(
             continue
         hook = (lambda e, row, i=i: on_epoch(i, e, row)) if on_epoch is not None else None
         runs.append(fit_run(config, data, plans[i], i, run_dir, progress=hook))
-    best = max(runs, key=lambda r: r.metrics.metrics["r2"] if np.isfinite(r.metrics.metrics["r2"]) else -np.inf)
+    best = max(
+        runs, key=lambda r: r.metrics.metrics["r2"] if np.isfinite(r.metrics.metrics["r2"]) else -np.inf
+    )
     save_model(load_model(best.folder), folder.path)
     ceiling = (
         known_r2_ceiling(config.resolve(config.samples.path), data.samples, plans[best.run].val)

@@ -257,7 +257,9 @@ class PreparedData:
 
     def subset(self, rows: NDArray[np.int64]) -> PreparedData:
         """The same windows with only ``rows`` of the sample table (row positions renumbered from 0)."""
-        return PreparedData(self.path, self.windows, self.samples.iloc[rows].reset_index(drop=True), self.meta)
+        return PreparedData(
+            self.path, self.windows, self.samples.iloc[rows].reset_index(drop=True), self.meta
+        )
 
 
 def _fingerprint(config: SocmapConfig, stack: RasterStack | None = None) -> dict[str, Any]:

@@ -238,7 +238,9 @@ class SocModel(ABC):
     ) -> tuple[FloatArray, FloatArray | None]:
         """Point predictions and quantiles in one call (models override it to share one pass)."""
         point = self.predict(windows, batch_size)
-        quantiles = self.predict_quantiles(windows, levels, batch_size) if self.gives_quantiles(levels) else None
+        quantiles = (
+            self.predict_quantiles(windows, levels, batch_size) if self.gives_quantiles(levels) else None
+        )
         return point, quantiles
 
     def for_inference(self) -> SocModel:

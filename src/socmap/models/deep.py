@@ -99,10 +99,14 @@ class DeepModel(SocModel):
         data = self.early_stopping_rows(data)
         inputs = data.inputs
         self.inputs, self.seed = inputs, data.seed
-        self.normalizer = Normalizer.fit(data.windows, data.train, list(inputs.bands), list(inputs.static_bands))
+        self.normalizer = Normalizer.fit(
+            data.windows, data.train, list(inputs.bands), list(inputs.static_bands)
+        )
         self.transform = TargetTransform(self.train_cfg.target_transform).fit(data.target[data.train])
         torch.manual_seed(data.seed)
-        kwargs = network_options(self.network, self.train_cfg, inputs, n_outputs_for(self.loss_type, self.quantiles))
+        kwargs = network_options(
+            self.network, self.train_cfg, inputs, n_outputs_for(self.loss_type, self.quantiles)
+        )
         self.net_spec = {"name": self.network, "kwargs": kwargs}
         net = build_network(self.network, **kwargs)
         tracking = dataclasses.replace(
@@ -122,7 +126,9 @@ class DeepModel(SocModel):
             raise InputError(f"model {self.kind!r}: call fit before predict")
         return self.net, self.normalizer
 
-    def raw_output(self, windows: NDArray[np.float32] | torch.Tensor, batch_size: int = PREDICT_BATCH) -> torch.Tensor:
+    def raw_output(
+        self, windows: NDArray[np.float32] | torch.Tensor, batch_size: int = PREDICT_BATCH
+    ) -> torch.Tensor:
         """Head outputs on the transformed scale, [N, K], in evaluation mode (no dropout)."""
         net, normalizer = self._ready()
         net.eval()
@@ -189,7 +195,9 @@ class DeepModel(SocModel):
         try:
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # tracer and TorchScript notices
-                fast = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(net, probe, check_trace=False)))
+                fast = torch.jit.optimize_for_inference(
+                    torch.jit.freeze(torch.jit.trace(net, probe, check_trace=False))
+                )
                 same = torch.allclose(fast(probe[:37]), net(probe[:37]), rtol=1e-5, atol=1e-6)
         except Exception:  # a network TorchScript cannot trace: stay eager
             return self
@@ -239,14 +247,22 @@ class DeepModel(SocModel):
                 "(weights_only=True); load only model files written by socmap"
             ) from None
         except (RuntimeError, EOFError, OSError, ValueError) as exc:
-            raise InputError(f"model file {weights_path} is truncated or corrupt: {str(exc).splitlines()[0]}") from None
-        model = cls(TrainConfig(loss_type=state["loss_type"], quantiles=list(state.get("quantiles", [0.05, 0.5, 0.95]))))
+            raise InputError(
+                f"model file {weights_path} is truncated or corrupt: {str(exc).splitlines()[0]}"
+            ) from None
+        model = cls(
+            TrainConfig(
+                loss_type=state["loss_type"], quantiles=list(state.get("quantiles", [0.05, 0.5, 0.95]))
+            )
+        )
         model.net_spec = dict(state["model"])
         net = build_network(model.net_spec["name"], **model.net_spec["kwargs"])
         try:
             net.load_state_dict(weights)
         except RuntimeError as exc:
-            raise InputError(f"model file {weights_path} does not fit model.json: {str(exc).splitlines()[0]}") from None
+            raise InputError(
+                f"model file {weights_path} does not fit model.json: {str(exc).splitlines()[0]}"
+            ) from None
         model.net = net.eval()
         model.normalizer = Normalizer.from_dict(state["normalizer"])
         model.transform = TargetTransform.from_dict(state["target_transform"])

@@ -43,16 +43,26 @@ class EnsembleOptions:
         allowed = {"members", "blend", "inner_folds", "block_size_km"}
         unknown = sorted(set(options) - allowed)
         if unknown:
-            raise InputError(f"models.ensemble option(s) {', '.join(unknown)}: expected among {', '.join(sorted(allowed))}")
-        out = cls(**{k: (tuple(v) if k == "members" else v) for k, v in options.items()})
+            raise InputError(
+                f"models.ensemble option(s) {', '.join(unknown)}: expected among {', '.join(sorted(allowed))}"
+            )
+        casts: dict[str, Any] = {"members": tuple, "blend": str, "inner_folds": int, "block_size_km": float}
+        try:
+            out = cls(**{k: casts[k](v) for k, v in options.items()})
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"models.ensemble: {exc}") from None
         if out.blend not in BLENDS:
             raise InputError(f"models.ensemble.blend {out.blend!r}: expected one of {', '.join(BLENDS)}")
         if len(out.members) < 2:
-            raise InputError(f"models.ensemble.members {list(out.members)}: expected at least two model kinds")
+            raise InputError(
+                f"models.ensemble.members {list(out.members)}: expected at least two model kinds"
+            )
         bad = [m for m in out.members if m not in known or m == "ensemble"]
         if bad:
             choices = ", ".join(k for k in known if k != "ensemble")
-            raise InputError(f"models.ensemble.members: {', '.join(bad)} not a model kind; expected among {choices}")
+            raise InputError(
+                f"models.ensemble.members: {', '.join(bad)} not a model kind; expected among {choices}"
+            )
         if out.inner_folds < 2:
             raise InputError(f"models.ensemble.inner_folds {out.inner_folds}: expected at least 2")
         return out
@@ -116,8 +126,17 @@ class EnsembleModel(SocModel):
             member = self._new(kind)
             workdir = data.workdir / f"member_{j}_{kind}" if data.workdir is not None else None
             sub = FitData(
-                data.windows, data.target, data.train, data.monitor, data.inputs, data.coords, data.sigma,
-                data.seed, workdir, data.on_epoch, data.stop_after_epoch,
+                data.windows,
+                data.target,
+                data.train,
+                data.monitor,
+                data.inputs,
+                data.coords,
+                data.sigma,
+                data.seed,
+                workdir,
+                data.on_epoch,
+                data.stop_after_epoch,
             )
             part = member.fit(sub)
             member.model_id = f"{self.model_id}-{kind}" if self.model_id else kind
@@ -184,15 +203,21 @@ class EnsembleModel(SocModel):
 
         names = [str(n) for n in state["members"]]
         if any("/" in n or "\\" in n or n.startswith(".") for n in names):
-            raise InputError(f"model file {folder / 'model.json'}: member folders must lie inside the model folder")
+            raise InputError(
+                f"model file {folder / 'model.json'}: member folders must lie inside the model folder"
+            )
         options = EnsembleOptions(
-            tuple(state["kinds"]), str(state["blend"]), int(state["inner_folds"]), float(state["block_size_km"])
+            tuple(state["kinds"]),
+            str(state["blend"]),
+            int(state["inner_folds"]),
+            float(state["block_size_km"]),
         )
         model = cls(options)
         model.members = [load_model(folder / n, list(inputs.bands)) for n in names]
         model.weights = np.asarray(state["weights"], np.float64)
         model.oof_r2 = {str(k): float(v) for k, v in state.get("inner_oof_r2", {}).items()}
         if model.weights.size != len(model.members):
-            raise InputError(f"model file {folder / 'model.json'}: {model.weights.size} weights for {len(model.members)} members")
+            raise InputError(
+                f"model file {folder / 'model.json'}: {model.weights.size} weights for {len(model.members)} members"
+            )
         return model
-

@@ -124,7 +124,7 @@ def _upgrade(manifest: dict[str, Any]) -> dict[str, Any]:
     if "kind" in manifest:
         return manifest
     if "model" in manifest and "normalizer" in manifest:
-        state = {
+        state: dict[str, Any] = {
             k: manifest[k]
             for k in ("model", "loss_type", "quantiles", "normalizer", "target_transform", "run", "seed")
             if k in manifest

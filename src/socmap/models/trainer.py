@@ -332,14 +332,22 @@ def _loop(
         run.sampler.set_epoch(epoch)
         run.loader.set_epoch(epoch)  # Accelerate's loader re-sets the sampler's epoch from its own counter
         stats = train_epoch(
-            run.model, run.loader, run.optimizer, run.loss_fn, run.accelerator, tcfg, run.train.sigma is not None
+            run.model,
+            run.loader,
+            run.optimizer,
+            run.loss_fn,
+            run.accelerator,
+            tcfg,
+            run.train.sigma is not None,
         )
         row: dict[str, float] = {"epoch": float(epoch), "train_loss": stats["train_loss"]}
         monitored = stats["train_loss"]
         if run.monitor is not None:
             row |= _monitor_row(run, data, transform, tcfg)
             monitored = row["val_loss"]
-        row |= {"lr": float(run.optimizer.param_groups[0]["lr"])} | {k: stats[k] for k in stats if k != "train_loss"}
+        row |= {"lr": float(run.optimizer.param_groups[0]["lr"])} | {
+            k: stats[k] for k in stats if k != "train_loss"
+        }
         state.history.append(row)
         if monitored < state.best_loss - tcfg.min_delta:
             state.best_loss, state.best_epoch, state.bad_epochs = monitored, epoch, 0
@@ -378,7 +386,9 @@ def fit_network(
         tracking: W&B settings.
     """
     train_set = build_tensors(data, data.train, normalizer, transform, tcfg)
-    monitor_set = build_tensors(data, data.monitor, normalizer, transform, tcfg) if data.monitor.size else None
+    monitor_set = (
+        build_tensors(data, data.monitor, normalizer, transform, tcfg) if data.monitor.size else None
+    )
     loss_fn = SocLoss(tcfg.loss_type, tcfg.loss_alpha, tcfg.loss_sigma, tuple(tcfg.quantiles))
     optimizer, scheduler = build_optimisation(model, tcfg)
     sampler = build_sampler(data.target[data.train], sampling, data.seed)

@@ -15,7 +15,8 @@ Persistence without pickle (chosen per library, see the README's model section):
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -103,7 +104,13 @@ class FeatureModel(SocModel):
         self.transform.fit(y)
         self.estimator = self.build(data.seed)
         self.estimator.fit(x, self.transform.forward(y))
+        self._single_threaded()
         return FitInfo(parameters=self.n_parameters())
+
+    def _single_threaded(self) -> None:
+        """Predict calls run the estimator on one thread (see :meth:`_chunked`)."""
+        if self.estimator is not None and "n_jobs" in self.estimator.get_params():
+            self.estimator.set_params(n_jobs=1)
 
     def n_parameters(self) -> int:
         """Tree nodes (forests) or coefficients (linear): a size comparable across kinds."""
@@ -114,20 +121,37 @@ class FeatureModel(SocModel):
             raise InputError(f"model {self.kind!r}: call fit before predict")
         return self.features.transform(windows)
 
+    def _chunked(
+        self, fn: Callable[[FloatArray], Any], windows: NDArray[np.float32], batch_size: int
+    ) -> list[FloatArray]:
+        """``fn(features)`` of row chunks, ``n_jobs`` chunks at a time on threads (tree code releases the GIL).
+
+        The estimator itself predicts on one thread: scikit-learn's forests sum their trees in completion order
+        when threaded, which changes the last bit from call to call; chunks keep every row's sum in tree order,
+        so predictions are reproducible bit for bit whatever the thread count.
+        """
+        starts = list(range(0, len(windows), batch_size))
+
+        def one(start: int) -> FloatArray:
+            return np.asarray(fn(self._features(windows[start : start + batch_size])), np.float64)
+
+        if len(starts) <= 1 or self.n_jobs <= 1:
+            return [one(s) for s in starts]
+        with ThreadPoolExecutor(min(self.n_jobs, len(starts))) as pool:
+            return list(pool.map(one, starts))
+
     def predict(self, windows: NDArray[np.float32], batch_size: int = PREDICT_BATCH) -> FloatArray:
         """Point predictions in the original unit."""
-        parts = [
-            np.asarray(self.estimator.predict(self._features(windows[s : s + batch_size])), np.float64)
-            for s in range(0, len(windows), batch_size)
-        ]
+        parts = self._chunked(self.estimator.predict, windows, batch_size)
         z = np.concatenate(parts) if parts else np.empty(0)
         return self.transform.inverse(z)
 
     def for_inference(self) -> SocModel:
-        """One thread per predict call: mapping runs several batches or blocks at once instead."""
-        if self.estimator is not None and "n_jobs" in self.estimator.get_params():
-            self.estimator.set_params(n_jobs=1)
-        return self
+        """A copy that predicts on one thread: mapping runs several batches or blocks at once instead."""
+        copy = type(self).__new__(type(self))
+        copy.__dict__.update(self.__dict__)
+        copy.n_jobs = 1
+        return copy
 
     def describe(self) -> str:
         return f"{self.kind} ({', '.join(f'{k}={v}' for k, v in self.params.items()) or 'defaults'})"
@@ -202,7 +226,7 @@ class ForestModel(FeatureModel):
 
     def load_estimator(self, path: Path) -> Any:
         estimator = _skops_load(path)
-        estimator.set_params(n_jobs=self.n_jobs)
+        estimator.set_params(n_jobs=1)  # see FeatureModel._chunked
         return estimator
 
 
@@ -231,11 +255,14 @@ class QuantileForestModel(ForestModel):
         """Quantiles of the training targets in the leaves (weighted), sorted per row, original unit."""
         if not levels:
             return np.empty((len(windows), 0))
-        parts = []
-        for s in range(0, len(windows), batch_size):
-            z = self.estimator.predict(self._features(windows[s : s + batch_size]), quantiles=list(levels))
-            parts.append(np.asarray(z, np.float64).reshape(-1, len(levels)))
-        z = np.concatenate(parts) if parts else np.empty((0, len(levels)))
+        parts = self._chunked(
+            lambda f: self.estimator.predict(f, quantiles=list(levels)), windows, batch_size
+        )
+        z = (
+            np.concatenate([p.reshape(-1, len(levels)) for p in parts])
+            if parts
+            else np.empty((0, len(levels)))
+        )
         return np.sort(self.transform.inverse(z), axis=1)
 
 
@@ -277,7 +304,9 @@ class XGBoostModel(FeatureModel):
         try:
             estimator.load_model(str(path))
         except Exception as exc:
-            raise InputError(f"model file {path} is not an XGBoost model ({str(exc).splitlines()[0]})") from None
+            raise InputError(
+                f"model file {path} is not an XGBoost model ({str(exc).splitlines()[0]})"
+            ) from None
         return estimator
 
 

@@ -14,8 +14,10 @@ A new kind is one :func:`~socmap.models.registry.register_model` call (see the R
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from socmap.models.base import SocModel
 from socmap.models.deep import CnnLstmModel
 from socmap.models.ensemble import EnsembleModel, EnsembleOptions
 from socmap.models.registry import available_models, create_model, register_model
@@ -27,8 +29,8 @@ if TYPE_CHECKING:
 __all__: list[str] = []
 
 
-def _feature_factory(cls: type[FeatureModel]) -> object:
-    def factory(config: SocmapConfig) -> FeatureModel:
+def _feature_factory(cls: type[FeatureModel]) -> Callable[[SocmapConfig], SocModel]:
+    def factory(config: SocmapConfig) -> SocModel:
         options = dict(config.models.get(cls.kind, {}))
         return cls(options, config.train.target_transform, config.train.threads or 0)
 
@@ -40,11 +42,23 @@ def _ensemble(config: SocmapConfig) -> EnsembleModel:
     return EnsembleModel(options, lambda kind: create_model(kind, config))
 
 
-register_model("cnn_lstm", CnnLstmModel, CnnLstmModel.from_config, "CNN per step + LSTM over time (deep)", "deep")
-register_model("rf", ForestModel, _feature_factory(ForestModel), "random forest on window features", "tree")  # type: ignore[arg-type]
 register_model(
-    "qrf", QuantileForestModel, _feature_factory(QuantileForestModel), "quantile regression forest (intervals)", "tree"  # type: ignore[arg-type]
+    "cnn_lstm", CnnLstmModel, CnnLstmModel.from_config, "CNN per step + LSTM over time (deep)", "deep"
 )
-register_model("xgb", XGBoostModel, _feature_factory(XGBoostModel), "XGBoost on window features", "tree")  # type: ignore[arg-type]
-register_model("linear", LinearModel, _feature_factory(LinearModel), "ridge regression (MLR) on window features", "linear")  # type: ignore[arg-type]
+register_model("rf", ForestModel, _feature_factory(ForestModel), "random forest on window features", "tree")
+register_model(
+    "qrf",
+    QuantileForestModel,
+    _feature_factory(QuantileForestModel),
+    "quantile regression forest (intervals)",
+    "tree",
+)
+register_model("xgb", XGBoostModel, _feature_factory(XGBoostModel), "XGBoost on window features", "tree")
+register_model(
+    "linear",
+    LinearModel,
+    _feature_factory(LinearModel),
+    "ridge regression (MLR) on window features",
+    "linear",
+)
 register_model("ensemble", EnsembleModel, _ensemble, "blend of several kinds (mean or stacking)", "blend")

@@ -1,0 +1,160 @@
+"""The output: finished blocks assembled into a tiled GeoTIFF, converted to a Cloud-Optimized GeoTIFF
+(float32, nodata -9999, DEFLATE, average-resampled overviews) with band descriptions and tags saying how each
+band was made; the PNG previews are rendered from the COG before it is renamed into place.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from numpy.typing import NDArray
+from rasterio.windows import Window
+
+from socmap import __version__
+from socmap._atomic import atomic_file
+from socmap.errors import OutputError
+from socmap.mapping.plan import Block, MapPlan, png_paths
+from socmap.mapping.previews import PNG_VMAX, render_previews
+from socmap.mapping.uncertainty import BAND_NAMES, band_descriptions, model_kinds
+from socmap.models import TargetInfo
+
+__all__ = ["LUCAS_DEPTH", "NODATA", "depth_tag", "map_tags", "write_outputs"]
+
+NODATA = -9999.0
+LUCAS_DEPTH = "0-20 cm (LUCAS topsoil)"
+STATIC_YEAR = "none (static covariates)"
+
+
+def depth_tag(target: TargetInfo) -> str:
+    """LUCAS topsoil depth only when the target is LUCAS OC in g/kg; nothing else tells the depth.
+
+    Args:
+        target: the predicted property.
+    """
+    unit = target.unit.replace(" ", "").lower()
+    return LUCAS_DEPTH if target.column == "OC" and unit == "g/kg" else "unknown"
+
+
+def map_tags(plan: MapPlan) -> dict[str, str]:
+    """Dataset tags: year, covariate years, depth, target, models, method, window, region, nodata policy.
+
+    Args:
+        plan: the map's plan.
+    """
+    job, target = plan.job, plan.target
+    labels = [lab for lab in job.labels if lab is not None]
+    descriptions = band_descriptions(job.method, plan.members, plan.unit)
+    return {
+        "year": plan.year if plan.year is not None else STATIC_YEAR,
+        "covariate_time_labels": ",".join(labels) or STATIC_YEAR,
+        "depth": depth_tag(target),
+        "target": target.column,
+        "unit": plan.unit,
+        "model_ids": ",".join(plan.model_ids),
+        "n_models": str(len(plan.members)),
+        "model_kinds": model_kinds(plan.members),
+        "models": "; ".join(m.describe() for m in plan.members),
+        "method": f"{job.method}: " + "; ".join(descriptions[1:]),
+        "window": f"{job.size}x{job.size} px x {job.steps} steps",
+        "region": plan.region_name,
+        "nodata_policy": (
+            "nodata outside the region (pixel centre), where the window is less than "
+            f"{job.min_valid_fraction:.0%} valid (filters.min_valid_fraction) or where fewer than half of "
+            "the bands have data at the centre pixel in the map year; other missing inputs are filled with "
+            "the training mean of their band and step"
+        ),
+        "socmap_version": __version__,
+    }
+
+
+def cog_blocksize(width: int, height: int) -> int:
+    """Tiles small enough that even a small map gets overviews (GDAL adds levels down to one tile).
+
+    Args:
+        width, height: the map's size in pixels.
+    """
+    largest = max(width, height)
+    return 512 if largest >= 4096 else 256 if largest >= 1024 else 128
+
+
+def _block_values(plan: MapPlan, block: Block) -> NDArray[np.float32]:
+    """A finished block's [4, rows, cols] (NaN = nodata); all NaN for a block off the region."""
+    h, w = block.shape
+    if not block.n_region:
+        return np.full((4, h, w), np.nan, dtype=np.float32)
+    path = plan.blocks_dir / block.name
+    values = np.load(path)
+    if values.shape != (4, h, w):
+        raise OutputError(f"block file {path} has shape {values.shape}; map again with overwrite=True")
+    return np.asarray(values, dtype=np.float32)
+
+
+def assemble(plan: MapPlan, path: Path) -> int:
+    """Write every block into a tiled GeoTIFF ``path`` (descriptions, units, tags); returns mapped pixels.
+
+    Args:
+        plan: the map's plan (every block with region pixels finished).
+        path: the GeoTIFF to write.
+    """
+    profile: dict[str, Any] = {
+        "driver": "GTiff",
+        "dtype": "float32",
+        "count": 4,
+        "width": plan.width,
+        "height": plan.height,
+        "crs": plan.job.stack.grid.crs,
+        "transform": plan.transform,
+        "nodata": NODATA,
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+        "BIGTIFF": "IF_SAFER",
+    }
+    n_mapped = 0
+    descriptions = band_descriptions(plan.job.method, plan.members, plan.unit)
+    with rasterio.open(path, "w", **profile) as dst:
+        for block in plan.blocks:
+            values = _block_values(plan, block)
+            n_mapped += int(np.isfinite(values[0]).sum())
+            h, w = block.shape
+            window = Window(block.col0 - plan.col_off, block.row0 - plan.row_off, w, h)
+            dst.write(
+                np.where(np.isnan(values), np.float32(NODATA), values).astype(np.float32), window=window
+            )
+        dst.descriptions = descriptions
+        dst.units = (plan.unit,) * 4
+        dst.update_tags(**map_tags(plan))
+        for i, (name, text) in enumerate(zip(BAND_NAMES, descriptions, strict=True), start=1):
+            dst.update_tags(i, name=name, method=text)
+    return n_mapped
+
+
+def write_outputs(plan: MapPlan, vmax: float = PNG_VMAX) -> int:
+    """Assemble the finished blocks into the COG and render the PNGs (each atomically); returns mapped pixels.
+
+    Args:
+        plan: the map's plan.
+        vmax: top of the prediction preview's colour scale.
+    """
+    assembled = plan.blocks_dir / "assembled.tif"
+    n_mapped = assemble(plan, assembled)
+    png, uncertainty_png = png_paths(plan.out)
+    with atomic_file(plan.out) as tmp:
+        tmp.unlink()
+        rasterio.shutil.copy(
+            assembled,
+            tmp,
+            driver="COG",
+            COMPRESS="DEFLATE",
+            PREDICTOR="YES",
+            OVERVIEW_RESAMPLING="AVERAGE",
+            BLOCKSIZE=cog_blocksize(plan.width, plan.height),
+            BIGTIFF="IF_SAFER",
+        )
+        render_previews(tmp, plan, png, uncertainty_png, vmax)
+    assembled.unlink(missing_ok=True)
+    return n_mapped

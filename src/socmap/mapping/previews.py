@@ -1,0 +1,118 @@
+"""PNG previews of a map: the prediction (0..vmax colour scale) and its uncertainty (Q95-Q05 width), both
+with the region outline, read from the COG's overviews at most ``PNG_MAX_PIXELS`` wide."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from shapely.geometry.base import BaseGeometry
+
+from socmap._atomic import atomic_file
+from socmap.mapping.uncertainty import MODEL_INTERVALS, NO_UNCERTAINTY
+
+if TYPE_CHECKING:
+    from socmap.mapping.plan import MapPlan
+
+__all__ = ["PNG_MAX_PIXELS", "PNG_VMAX", "render_previews"]
+
+PNG_MAX_PIXELS = 1600
+PNG_VMAX = 150.0  # top of the prediction's colour scale (g/kg)
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """What every preview shares: the map's extent, CRS name and region outline."""
+
+    left: float
+    bottom: float
+    right: float
+    top: float
+    crs_name: str
+    region: BaseGeometry
+
+
+def _figure(
+    frame: _Frame,
+    values: np.ma.MaskedArray[Any, Any] | None,
+    title: str,
+    label: str,
+    cmap: str,
+    top_value: float,
+    path: Path,
+) -> None:
+    """One preview: the values (or, without values, the ``label`` text) under the region outline."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    left, bottom, right, top = frame.left, frame.bottom, frame.right, frame.top
+    fig, ax = plt.subplots(figsize=(7, 7 * (top - bottom) / max(right - left, 1e-9) + 0.8), dpi=120)
+    if values is not None:
+        extent = (left, right, bottom, top)
+        image = ax.imshow(values, extent=extent, cmap=cmap, vmin=0, vmax=top_value, interpolation="nearest")
+        fig.colorbar(image, ax=ax, shrink=0.8, label=label)
+    else:
+        ax.text(0.5, 0.5, label, ha="center", va="center", transform=ax.transAxes, wrap=True)
+    for poly in getattr(frame.region, "geoms", [frame.region]):
+        for ring in [poly.exterior, *poly.interiors]:
+            xs, ys = ring.xy
+            ax.plot(xs, ys, color="black", lw=0.7)
+    ax.set_xlim(left, right)
+    ax.set_ylim(bottom, top)
+    ax.set_aspect("equal")
+    ax.ticklabel_format(style="plain", useOffset=False)
+    ax.set_xlabel(f"x ({frame.crs_name})")
+    ax.set_ylabel(f"y ({frame.crs_name})")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", bbox_inches="tight")
+    plt.close(fig)
+
+
+def render_previews(
+    cog: Path, plan: MapPlan, png: Path, uncertainty_png: Path, vmax: float = PNG_VMAX
+) -> None:
+    """PNG of the prediction (0..vmax colour scale) and of the uncertainty (Q95-Q05 width).
+
+    Args:
+        cog: the written COG (its overviews are read).
+        plan: the map's plan (year, unit, method, models, region).
+        png: the prediction preview to write.
+        uncertainty_png: the uncertainty preview to write.
+        vmax: top of the prediction's colour scale.
+    """
+    with rasterio.open(cog) as src:
+        scale = max(1, math.ceil(max(src.width, src.height) / PNG_MAX_PIXELS))
+        shape = (4, math.ceil(src.height / scale), math.ceil(src.width / scale))
+        data = src.read(out_shape=shape, masked=True, resampling=Resampling.average)  # from the overviews
+        left, bottom, right, top = src.bounds
+        frame = _Frame(left, bottom, right, top, src.crs.to_string(), plan.job.region)
+    unit, method = plan.unit, plan.job.method
+    year = plan.year if plan.year is not None else "(static covariates)"
+    models = plan.model_ids[0] if len(plan.model_ids) == 1 else f"ensemble of {len(plan.model_ids)} models"
+    _figure(frame, data[0], f"SOC {year} ({unit}), {models}", f"SOC ({unit})", "viridis", vmax, png)
+    if method == NO_UNCERTAINTY:
+        text = "no uncertainty: one point-prediction model\n(train.num_runs >= 2 or a model with intervals)"
+        _figure(frame, None, f"SOC {year} uncertainty, {models}", text, "magma", 1.0, uncertainty_png)
+        return
+    width = data[2] - data[1]
+    finite = width.compressed()
+    top_value = float(np.percentile(finite, 98)) if finite.size else 1.0
+    what = "model intervals" if method == MODEL_INTERVALS else "run spread"
+    _figure(
+        frame,
+        width,
+        f"SOC {year} Q95 - Q05 width ({unit}, {what}), {models}",
+        f"Q95 - Q05 ({unit}; scale capped at its 98th percentile)",
+        "magma",
+        max(top_value, 1e-6),
+        uncertainty_png,
+    )

@@ -1,0 +1,219 @@
+"""Mapping with any model kind: a quantile forest's own quantiles in bands 2/3, an ensemble of kinds, trees
+bit-identical across schedulers, a static-only stack mapped without a year, and a kind registered by the user
+that trains and maps without any change to socmap."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from numpy.typing import NDArray
+
+import socmap.models.registry as registry
+from socmap.config import MapConfig, load_config
+from socmap.data import RasterStack, discover_stack
+from socmap.mapping import MapResult, map_soc
+from socmap.mapping.uncertainty import Z95, interval_source, uncertainty_method
+from socmap.models import FitData, FitInfo, InputSpec, SocModel, load_model, read_rows, register_model
+from socmap.models.ensemble import EnsembleModel
+from socmap.train import train
+from socmap.windows import extract_windows
+
+YEAR = "2023"
+# a 40 x 40 px box in the south-east of the 2000 m grid (lakes, region edge): several 16 px blocks
+BBOX = [700_000.0, 5_270_000.0, 780_000.0, 5_350_000.0]
+LEVELS = (0.05, 0.5, 0.95)
+
+
+def _overrides(small_synth_dir: Path, **extra: Any) -> dict[str, Any]:
+    return {
+        "samples.path": str(small_synth_dir / "samples.csv"),
+        "covariates.root": str(small_synth_dir / "covariates"),
+        "train.num_runs": 1,
+        "train.threads": 2,
+        "train.wandb_mode": "disabled",
+        **extra,
+    }
+
+
+def _train(small_synth_dir: Path, out: Path, prepared: Path | None, **extra: Any) -> Path:
+    """A run folder of ``train.model`` (torch's thread count restored: train sets it)."""
+    threads = torch.get_num_threads()
+    try:
+        train(load_config(None, _overrides(small_synth_dir, **extra)), out, prepared=prepared)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def _map(run: Path, out: Path, year: str | None = YEAR, **options: Any) -> MapResult:
+    return map_soc(MapConfig(year=year, bbox=BBOX, block_size=16, **options), run, out)
+
+
+def _read(path: Path) -> tuple[NDArray[np.float32], dict[str, str], tuple[str, ...]]:
+    with rasterio.open(path) as src:
+        return src.read(), src.tags(), tuple(src.descriptions)
+
+
+def _stack(run: Path) -> RasterStack:
+    return discover_stack(load_config(run / "config.yaml"))
+
+
+def _pixels(path: Path, stack: RasterStack, n: int, seed: int = 0) -> tuple[NDArray[Any], ...]:
+    """(map rows, map cols, grid rows, grid cols) of ``n`` random mapped pixels."""
+    with rasterio.open(path) as src:
+        values, t = src.read(1), src.transform
+    g = stack.grid.transform
+    row0, col0 = round((t.f - g.f) / g.e), round((t.c - g.c) / g.a)
+    r, c = np.nonzero(values != -9999.0)
+    pick = np.random.default_rng(seed).choice(r.size, min(n, r.size), replace=False)
+    return r[pick], c[pick], r[pick] + row0, c[pick] + col0
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One prepared folder shared by the runs of this module (same data config: prepared once)."""
+    return tmp_path_factory.mktemp("prepared") / "prepared"
+
+
+@pytest.fixture(scope="module")
+def qrf_run(small_synth_dir: Path, prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("qrf") / "run"
+    return _train(
+        small_synth_dir, out, prepared, **{"train.model": "qrf", "models": {"qrf": {"n_estimators": 20}}}
+    )
+
+
+@pytest.fixture(scope="module")
+def qrf_map(qrf_run: Path, tmp_path_factory: pytest.TempPathFactory) -> MapResult:
+    return _map(qrf_run, tmp_path_factory.mktemp("qrf-map") / "qrf.tif")
+
+
+def test_qrf_map_bands_are_the_forests_own_quantiles(qrf_run: Path, qrf_map: MapResult) -> None:
+    """Band 1 is the forest's conditional mean (not Q50), bands 2/3 its Q05/Q95, band 4 (Q95-Q05)/3.29."""
+    values, tags, descriptions = _read(qrf_map.out)
+    assert qrf_map.method == "model_intervals" and qrf_map.model_kinds == "qrf"
+    assert qrf_map.n_blocks >= 6 and qrf_map.n_mapped > 500
+    assert tags["method"].startswith("model_intervals") and tags["model_kinds"] == "qrf"
+    assert "qrf quantile regression forest quantiles" in descriptions[1]
+    stack = _stack(qrf_run)
+    r, c, rows, cols = _pixels(qrf_map.out, stack, 300)
+    windows = extract_windows(stack, rows, cols, [YEAR] * rows.size, 5, 5)
+    forest = load_model(qrf_run / "runs" / "run_0")
+    point, q = forest.predict(windows), forest.predict_quantiles(windows, LEVELS)
+    assert q is not None
+    np.testing.assert_allclose(values[0, r, c], point, rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(values[1, r, c], q[:, 0], rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(values[2, r, c], q[:, 2], rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(values[3, r, c], (q[:, 2] - q[:, 0]) / (2 * Z95), rtol=1e-5, atol=1e-5)
+    assert np.abs(values[0, r, c] - q[:, 1]).max() > 1e-3  # the mean, not the median
+
+
+def test_tree_map_is_bit_identical_on_dask_threads(qrf_run: Path, qrf_map: MapResult, tmp_path: Path) -> None:
+    other = _map(qrf_run, tmp_path / "threads.tif", scheduler="threads")
+    with rasterio.open(qrf_map.out) as a, rasterio.open(other.out) as b:
+        np.testing.assert_array_equal(a.read(), b.read())
+        assert a.profile == b.profile and a.tags() == b.tags()
+
+
+def test_ensemble_of_kinds_maps(small_synth_dir: Path, prepared: Path, tmp_path: Path) -> None:
+    """An rf + linear mean blend in one run: a point model (no intervals), band 1 its blended prediction."""
+    models = {"ensemble": {"members": ["rf", "linear"], "blend": "mean"}, "rf": {"n_estimators": 20}}
+    run = _train(small_synth_dir, tmp_path / "run", prepared, **{"train.model": "ensemble", "models": models})
+    result = _map(run, tmp_path / "ens.tif")
+    values, tags, descriptions = _read(result.out)
+    assert result.method == "none" and result.model_kinds == "ensemble of rf+linear"
+    assert tags["model_kinds"] == "ensemble of rf+linear" and "ensemble of rf+linear" in descriptions[0]
+    assert "ensemble (mean: rf 0.50, linear 0.50)" in tags["models"]
+    assert result.n_mapped > 500 and (values[1:] == -9999.0).all()
+    stack = _stack(run)
+    r, c, rows, cols = _pixels(result.out, stack, 200)
+    windows = extract_windows(stack, rows, cols, [YEAR] * rows.size, 5, 5)
+    expected = load_model(run / "runs" / "run_0").predict(windows)
+    np.testing.assert_allclose(values[0, r, c], expected, rtol=1e-6, atol=1e-5)
+
+
+def test_interval_sources_name_kinds(qrf_run: Path) -> None:
+    """A blend whose members all give quantiles maps with model_intervals and names its members' source."""
+    forest = load_model(qrf_run / "runs" / "run_0")
+    blend = EnsembleModel()
+    blend.members, blend.weights = [forest, forest], np.array([0.5, 0.5])
+    assert uncertainty_method([blend]) == "model_intervals"
+    assert interval_source(blend) == (
+        "ensemble: weighted mean of its members' quantiles (qrf quantile regression forest quantiles)"
+    )
+
+
+def test_static_stack_maps_without_a_year(small_synth_dir: Path, tmp_path: Path) -> None:
+    """Static covariates only: map.year may be None (and a given year is only a label)."""
+    extra = {"train.model": "linear", "covariates.temporal": [], "windows.time_steps": 1}
+    run = _train(small_synth_dir, tmp_path / "run", None, **extra)
+    result = _map(run, tmp_path / "static.tif", year=None)
+    values, tags, _ = _read(result.out)
+    assert result.year is None and tags["year"] == "none (static covariates)"
+    assert tags["covariate_time_labels"] == "none (static covariates)" and result.n_mapped > 500
+    stack = _stack(run)
+    assert not stack.temporal
+    r, c, rows, cols = _pixels(result.out, stack, 100)
+    windows = extract_windows(stack, rows, cols, ["static"] * rows.size, 5, 1)
+    expected = load_model(run / "runs" / "run_0").predict(windows)
+    np.testing.assert_allclose(values[0, r, c], expected, rtol=1e-6, atol=1e-5)
+
+
+class CentreElevation(SocModel):
+    """A user's model: a line through the target against band 0's centre pixel (Elevation); JSON state."""
+
+    coef: tuple[float, float] = (0.0, 0.0)
+
+    def _x(self, windows: NDArray[np.float32]) -> NDArray[np.float64]:
+        c = self.require_inputs().window_size // 2
+        return np.nanmean(np.asarray(windows[:, 0, c, c, :], np.float64), axis=1)
+
+    def fit(self, data: FitData) -> FitInfo:
+        self.inputs = data.inputs
+        x, y = self._x(read_rows(data.windows, data.train)), data.target[data.train]
+        slope, intercept = np.polyfit(x, y, 1)
+        self.coef = (float(slope), float(intercept))
+        return FitInfo(parameters=2)
+
+    def predict(self, windows: NDArray[np.float32], batch_size: int = 4096) -> NDArray[np.float64]:
+        return self.coef[0] * self._x(windows) + self.coef[1]
+
+    def state(self, folder: Path) -> dict[str, Any]:
+        return {"coef": list(self.coef)}
+
+    @classmethod
+    def from_state(cls, folder: Path, state: dict[str, Any], inputs: InputSpec) -> SocModel:
+        model = cls()
+        model.coef = (float(state["coef"][0]), float(state["coef"][1]))
+        return model
+
+
+@pytest.fixture
+def centre_kind(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry.available_models()))  # restored after the test
+    register_model(
+        "centre_elevation", CentreElevation, lambda config: CentreElevation(), "centre elevation line"
+    )
+    yield "centre_elevation"
+
+
+def test_a_registered_kind_trains_and_maps(
+    centre_kind: str, small_synth_dir: Path, prepared: Path, tmp_path: Path
+) -> None:
+    """The map of a kind registered here equals its line applied to the Elevation raster itself."""
+    run = _train(small_synth_dir, tmp_path / "run", prepared, **{"train.model": centre_kind})
+    result = _map(run, tmp_path / "user.tif")
+    values, tags, _ = _read(result.out)
+    assert result.method == "none" and tags["model_kinds"] == centre_kind and result.n_mapped > 500
+    stack = _stack(run)
+    r, c, rows, cols = _pixels(result.out, stack, 300)
+    with rasterio.open(stack.files[("Elevation", None)]) as src:
+        elevation = src.read(1).astype(np.float64)[rows, cols]
+    slope, intercept = load_model(run).coef  # type: ignore[attr-defined]
+    np.testing.assert_allclose(values[0, r, c], slope * elevation + intercept, rtol=1e-5, atol=1e-4)
