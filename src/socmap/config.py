@@ -142,7 +142,8 @@ class WindowsConfig(_Section):
         5,
         ge=1,
         le=100,
-        description="Steps up to and including the sample's time (a 2015 sample sees 2011..2015).",
+        description="Steps up to and including the sample's time (a 2015 sample sees 2011..2015); "
+        "default 5 with temporal bands, 1 without.",
     )
 
 
@@ -329,10 +330,38 @@ class SocmapConfig(_Section):
     cv: CVConfig = Field(default_factory=CVConfig)
     base_dir: Path = Field(Path("."), description="Folder relative paths are resolved against (the YAML's).")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_from_the_data(cls, data: Any) -> Any:
+        """Defaults that follow the user's covariates: a config that lists only static (or only temporal)
+        bands gets no bands of the other kind from the demo's defaults, and ``windows.time_steps`` defaults to
+        5 with temporal bands and to 1 without (static bands repeated over steps add nothing)."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        cov = data.get("covariates")
+        if isinstance(cov, dict):
+            cov = dict(cov)
+            if "static" in cov and "temporal" not in cov:
+                cov["temporal"] = []
+            elif "temporal" in cov and "static" not in cov:
+                cov["static"] = []
+            data["covariates"] = cov
+        temporal = cov.get("temporal") if isinstance(cov, dict) and "temporal" in cov else ["default"]
+        win = data.get("windows")
+        if win is None or (isinstance(win, dict) and "time_steps" not in win):
+            data["windows"] = {**(win or {}), "time_steps": 5 if temporal else 1}
+        return data
+
     @model_validator(mode="after")
     def _check_model_kinds(self) -> SocmapConfig:
         from socmap.models.registry import available_models
 
+        if not self.covariates.temporal and self.windows.time_steps > 1:
+            raise ValueError(
+                f"windows.time_steps {self.windows.time_steps}: the covariates are all static (no temporal bands), "
+                "so every step would repeat the same values; use 1 (the default without temporal bands)"
+            )
         kinds = available_models()
         for key, names in (
             ("train.model", [self.train.model]),
