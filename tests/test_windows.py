@@ -27,6 +27,7 @@ def tiny_config(root: Path, **extra: object) -> SocmapConfig:
     overrides: dict[str, object] = {
         "samples.path": str(root / "samples.csv"),
         "covariates.root": str(root / "covariates"),
+        "covariates.static": ["Elevation"],
         "covariates.temporal": ["NDVI", "LST"],
         "windows.time_steps": 3,
     }
