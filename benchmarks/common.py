@@ -67,6 +67,7 @@ def quick_run(data: Path, run_dir: Path, prepared: Path, overrides: dict[str, ob
             {
                 "samples.path": str(data / "samples.csv"),
                 "covariates.root": str(data / "covariates"),
+                "filters.region": str(data / "region.geojson"),
                 "train.epochs": 1,
                 "train.num_runs": 1,
                 "train.wandb_mode": "disabled",

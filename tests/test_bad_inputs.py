@@ -58,7 +58,11 @@ def make_env(master: Path, tmp: Path) -> Env:
         yaml.safe_dump(
             {
                 "samples": {"path": "data/samples.csv"},
-                "covariates": {"root": "data/covariates", "temporal": ["NDVI", "LST"]},
+                "covariates": {
+                    "root": "data/covariates",
+                    "static": ["Elevation"],
+                    "temporal": ["NDVI", "LST"],
+                },
                 "windows": {"time_steps": 3},
             }
         )

@@ -135,7 +135,7 @@ def test_train_cli_end_to_end_with_offline_tracking(small_synth_dir: Path, tmp_p
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "best run" in result.stdout and "R² " in result.stdout and "Pearson r²" in result.stdout
-    assert "known ceiling of this validation set" in result.stdout
+    assert "known ceiling of the test set" in result.stdout and "held-out test" in result.stdout
     import json
 
     summary = json.loads((out / "metrics.json").read_text())
@@ -165,7 +165,7 @@ def test_tree_model_through_train_predict_and_errors_naming_flags(
     out = tmp_path / "run"
     result = run_cli("train", *sets, "--out", str(out), "--model", "xgb", "--num-runs", "2")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "best run" in result.stdout and "(xgb, validation)" in result.stdout
+    assert "best run" in result.stdout and "(xgb)" in result.stdout and "held-out test" in result.stdout
     assert json.loads((out / "model.json").read_text())["kind"] == "xgb"
     assert (out / "estimator.ubj").is_file() and not (out / "model.pt").exists()
     pred = run_cli("predict", "--run", str(out), *sets, "--out", str(tmp_path / "p.csv"))

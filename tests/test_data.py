@@ -167,3 +167,61 @@ def test_region_filter(tmp_path: Path) -> None:
     table = load(tmp_path / "s.csv", **{"filters.region": str(default_region_path())})
     assert table.drops["outside_region"] >= 1
     assert "0" not in set(table.frame["source_row"].astype(str))
+
+
+def test_projected_numbers_given_as_lat_lon_say_where_they_fell(tmp_path: Path) -> None:
+    """UTM metres in the lat/lon columns: one line with the value ranges and the keys to set."""
+    frame = lucas()
+    frame["GPS_LONG"] = np.linspace(300_000, 310_000, len(frame))
+    frame["GPS_LAT"] = np.linspace(6_200_000, 6_210_000, len(frame))
+    frame.to_csv(tmp_path / "s.csv", index=False)
+    with pytest.raises(InputError) as info:
+        load(tmp_path / "s.csv")
+    text = str(info.value)
+    assert "20 of 20 rows have coordinates outside longitude -180..180 / latitude -90..90" in text
+    assert "longitude 'GPS_LONG' 300000..310000, latitude 'GPS_LAT' 6200000..6210000" in text
+    assert "set samples.x and samples.y to these columns and samples.crs to their CRS" in text
+    # the same numbers as x/y but with the default samples.crs (EPSG:4326): the CRS is what is wrong
+    frame.rename(columns={"GPS_LONG": "E", "GPS_LAT": "N"}).to_csv(tmp_path / "xy.csv", index=False)
+    with pytest.raises(InputError, match=r"samples.x 'E' 300000..310000.*set samples.crs to the CRS of"):
+        load(tmp_path / "xy.csv", **{"samples.x": "E", "samples.y": "N"})
+    # a few bad rows are dropped and reported with where they fell
+    few = lucas()
+    few.loc[0, "GPS_LAT"] = 95.0
+    few.to_csv(tmp_path / "few.csv", index=False)
+    table = load(tmp_path / "few.csv")
+    assert table.drops["invalid_coordinates"] == 1
+    assert any("latitude 'GPS_LAT' 95..95" in w and "invalid_coordinates" in w for w in table.warnings)
+
+
+def test_ambiguous_day_month_dates_ask_for_date_format(tmp_path: Path) -> None:
+    frame = lucas(4).drop(columns="year")
+    frame["SURVEY_DATE"] = ["25-06-15", "04-03-15", "13-07-18", "02-05-09"]  # dd-mm-yy (LUCAS 2009 style)
+    frame.to_csv(tmp_path / "s.csv", index=False)
+    with pytest.raises(InputError) as info:
+        load(tmp_path / "s.csv", **{"filters.year_min": None})
+    text = str(info.value)
+    assert "date column 'SURVEY_DATE' reads ambiguously: '04-03-15' is 2015-03-04 day-first" in text
+    assert "set samples.date_format, e.g. '%d-%m-%y' (day first)" in text and "\n" not in text
+    table = load(tmp_path / "s.csv", **{"samples.date_format": "%d-%m-%y", "filters.year_min": None})
+    assert list(table.frame["time"]) == ["2015", "2015", "2018", "2009"]
+    # values that read one way only (day > 12, ISO, year first) need no format
+    frame["SURVEY_DATE"] = ["25-06-2015", "2015-03-04", "2018/07/13", "13.05.2009"]
+    frame.to_csv(tmp_path / "ok.csv", index=False)
+    assert list(load(tmp_path / "ok.csv", **{"filters.year_min": None}).frame["time"]) == [
+        "2015",
+        "2015",
+        "2018",
+        "2009",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("target", "warns"), [("OC", True), ("SOC_gkg", True), ("organic_carbon", True), ("pH", False)]
+)
+def test_percent_warning_only_for_organic_carbon(tmp_path: Path, target: str, warns: bool) -> None:
+    frame = lucas().rename(columns={"OC": target})
+    frame[target] = np.linspace(4.5, 7.5, len(frame))  # pH-like (or OC in %) values
+    frame.to_csv(tmp_path / "s.csv", index=False)
+    table = load(tmp_path / "s.csv", **{"samples.target": target})
+    assert any("if they are in %" in w for w in table.warnings) == warns

@@ -44,6 +44,7 @@ class Run:
 
     result: CVResult
     deep_rows: list[tuple[np.ndarray, np.ndarray]]  # (train, monitor) per fold, in fold order
+    on_fold: list[tuple[str, int, int, float]]  # the progress callback's calls
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +65,19 @@ def run(small_synth_dir: Path, prepared: PreparedData, tmp_path_factory: pytest.
         rows.append((data.train.copy(), data.monitor.copy()))
         return fit_network(net, data, *args)
 
+    calls: list[tuple[str, int, int, float]] = []
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("socmap.models.deep.fit_network", spy)
-        result = cross_validate(cfg, prepared, out)
-    return Run(result, rows)
+        result = cross_validate(cfg, prepared, out, on_fold=lambda *a: calls.append(a))
+    return Run(result, rows, calls)
+
+
+def test_on_fold_reports_every_model_and_fold_in_order(run: Run) -> None:
+    """cv's progress callback: (model, fold index, number of folds, seconds) after every fit."""
+    assert [(m, k, n) for m, k, n, _ in run.on_fold] == [(m, k, 3) for m in MODELS for k in range(3)]
+    per_fold = run.result.per_fold.set_index(["model", "fold"])["seconds"]
+    for model, k, _, seconds in run.on_fold:
+        assert seconds > 0 and per_fold[(model, k)] == pytest.approx(seconds, abs=1e-3)
 
 
 @pytest.fixture(scope="module")
@@ -310,7 +320,8 @@ def test_knndm_records_what_the_splitter_chose(
     cv = json.loads((tmp_path / "cv.json").read_text())["fold_design"]
     assert cv["design"] == "knndm" and cv["folds"] == 3 and cv["seed"] == 0
     assert cv["parameters"]["n_prediction_points"] == 2000
-    assert cv["parameters"]["prediction_region"] == "default (Bavaria)"
+    # no region configured: the points follow the map's rule (the covariate grid), not Bavaria
+    assert cv["parameters"]["prediction_region"].startswith("covariate grid valid pixels")
     assert np.isfinite(cv["fitted"]["w_"]) and cv["fitted"]["q_"] >= 3
     assert cv["fitted"]["candidates_"][0][0] == 3
     assert res.fold_design.fitted == cv["fitted"]

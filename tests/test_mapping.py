@@ -13,6 +13,7 @@ import pytest
 import rasterio
 import shapely
 import torch
+import yaml
 from numpy.lib.stride_tricks import sliding_window_view
 
 import socmap.mapping as mapping
@@ -45,6 +46,7 @@ def run_dir(small_synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     overrides: dict[str, object] = {
         "samples.path": str(small_synth_dir / "samples.csv"),
         "covariates.root": str(small_synth_dir / "covariates"),
+        "filters.region": str(small_synth_dir / "region.geojson"),  # as the Bavaria configs name it
         "train.epochs": 1,
         "train.num_runs": 2,
         "train.batch_size": 128,
@@ -106,7 +108,7 @@ def test_map_equals_training_extraction_and_models(run_dir: Path, mapped: Any) -
     h, w = values.shape[1:]
     rows, cols = np.mgrid[row0 : row0 + h, col0 : col0 + w]
     xs, ys = stack.grid.transform @ (cols + 0.5, rows + 0.5)
-    region = to_crs(load_region(None), stack.grid.crs)
+    region = to_crs(load_region(load_config(run_dir / "config.yaml").filters.region), stack.grid.crs)
     inside = shapely.contains_xy(region, xs, ys)
 
     windows = extract_windows(stack, rows.ravel(), cols.ravel(), [str(YEAR)] * rows.size, 5, 5)
@@ -150,7 +152,7 @@ def test_cog_layout_metadata_and_pngs(run_dir: Path, mapped: Any) -> None:
         assert src.count == 4 and set(src.dtypes) == {"float32"}
         assert src.units == ("g/kg",) * 4
         d = src.descriptions
-        assert d[0].startswith("SOC prediction (g/kg): mean of 2 models")
+        assert d[0].startswith("prediction of OC (g/kg): mean of 2 models")
         assert "5% quantile of the 2 models' predictions" in d[1] and "95% quantile" in d[2]
         assert "standard deviation (ddof=1)" in d[3]
         tags = src.tags()
@@ -158,6 +160,7 @@ def test_cog_layout_metadata_and_pngs(run_dir: Path, mapped: Any) -> None:
         assert tags["covariate_time_labels"] == "2019,2020,2021,2022,2023"
         assert tags["model_ids"].split(",") == result.model_ids and len(result.model_ids) == 2
         assert tags["method"].startswith("ensemble_spread") and tags["socmap_version"]
+        assert tags["region"].endswith("region.geojson") and result.region == tags["region"]
         assert tags["model_kinds"] == "cnn_lstm" and "cnn_lstm" in d[1]
         assert src.tags(2)["name"] == "q05" and src.tags(4)["method"] == d[3]
         pred = src.read(1, masked=True)
@@ -206,9 +209,9 @@ def test_resume_after_failure_keeps_finished_blocks(
     seen: dict[str, tuple[int, bytes]] = {}
     write_outputs = mapping.write_outputs
 
-    def snapshot(plan: Any, vmax: float = 150.0) -> int:
+    def snapshot(plan: Any, limits: tuple[float, float] | None = None) -> int:
         seen.update({p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in blocks.glob("r*.npy")})
-        return write_outputs(plan, vmax)
+        return write_outputs(plan, limits)
 
     monkeypatch.setattr(mapping, "write_outputs", snapshot)
     reports: list[int] = []
@@ -353,8 +356,9 @@ def test_region_from_argument_or_config(run_dir: Path, tmp_path: Path) -> None:
 
     check(map_soc(_opts(region=path), run_dir, tmp_path / "arg.tif"))
     folder = _single_model_run(run_dir, tmp_path / "with_region")
-    text = (folder / "config.yaml").read_text().replace("region: null", f"region: {path}")
-    (folder / "config.yaml").write_text(text)
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    config["filters"]["region"] = str(path)
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
     check(map_soc(_opts(), folder, tmp_path / "config.tif"))
 
 
@@ -366,8 +370,20 @@ def test_input_errors(run_dir: Path, mapped: Any, tmp_path: Path) -> None:
         map_soc(_opts(2031), run_dir, tmp_path / "a.tif")
     with pytest.raises(InputError, match=r"map\.year is not set: .* 2002\.\.2023"):
         map_soc(_opts(None), run_dir, tmp_path / "a.tif")
-    with pytest.raises(InputError, match=r"region and map\.bbox do not overlap"):
+    with pytest.raises(
+        InputError, match=r"map\.bbox 0,0,10,10 \(in EPSG:25832\) does not overlap the region "
+    ):
         map_soc(_opts(bbox=[0.0, 0.0, 10.0, 10.0]), run_dir, tmp_path / "a.tif")
+    africa = tmp_path / "africa.geojson"
+    africa.write_text(
+        json.dumps({"type": "Polygon", "coordinates": [[[20, 0], [21, 0], [21, 1], [20, 1], [20, 0]]]})
+    )
+    with pytest.raises(
+        InputError,
+        match=rf"region {africa.name} \(map\.region\) does not overlap the covariate grid: the region covers "
+        r"lon 20\.0000\.\.21\.0000, lat 0\.0000\.\.1\.0000; the grid covers x .* in EPSG:25832; lon .*, lat ",
+    ):
+        map_soc(_opts(region=africa), run_dir, tmp_path / "a.tif")
     with pytest.raises(InputError, match=r"map\.scheduler: scheduler 'thread'"):
         load_config(None, {"map.scheduler": "thread"})
     unchecked = MapConfig.model_construct(year=str(YEAR), scheduler="thread")  # pydantic validation skipped
@@ -381,7 +397,7 @@ def test_input_errors(run_dir: Path, mapped: Any, tmp_path: Path) -> None:
         map_soc(_opts(), run_dir, tmp_path / "a.png")
     with pytest.raises(OutputError, match="overwrite=True"):
         map_soc(_opts(), run_dir, mapped[0].out)
-    assert not list(tmp_path.iterdir())
+    assert [p.name for p in tmp_path.iterdir()] == ["africa.geojson"]  # no output was left behind
     assert parse_bbox("1,2,3,4") == [1.0, 2.0, 3.0, 4.0]
     for bad in ("1,2,3", "a,b,c,d", "3,2,1,4"):
         with pytest.raises(InputError, match=r"map\.bbox"):

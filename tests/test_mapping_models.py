@@ -17,10 +17,12 @@ from numpy.typing import NDArray
 import socmap.models.registry as registry
 from socmap.config import MapConfig, load_config
 from socmap.data import RasterStack, discover_stack
+from socmap.errors import InputError
 from socmap.mapping import MapResult, map_soc
 from socmap.mapping.uncertainty import Z95, interval_source, uncertainty_method
 from socmap.models import FitData, FitInfo, InputSpec, SocModel, load_model, read_rows, register_model
 from socmap.models.ensemble import EnsembleModel
+from socmap.region import GRID_FOOTPRINT
 from socmap.train import train
 from socmap.windows import extract_windows
 
@@ -150,11 +152,15 @@ def test_interval_sources_name_kinds(qrf_run: Path) -> None:
 
 
 def test_static_stack_maps_without_a_year(small_synth_dir: Path, tmp_path: Path) -> None:
-    """Static covariates only: map.year may be None (and a given year is only a label)."""
+    """Static covariates only: map.year is None (a given year is refused, naming the key); without a region
+    the map covers the covariate grid's footprint."""
     extra = {"train.model": "linear", "covariates.temporal": [], "windows.time_steps": 1}
     run = _train(small_synth_dir, tmp_path / "run", None, **extra)
+    with pytest.raises(InputError, match=r"^map\.year 2023: the covariates are static \(no temporal bands\)"):
+        _map(run, tmp_path / "year.tif", year="2023")
     result = _map(run, tmp_path / "static.tif", year=None)
     values, tags, _ = _read(result.out)
+    assert tags["region"] == GRID_FOOTPRINT and result.region == GRID_FOOTPRINT
     assert result.year is None and tags["year"] == "none (static covariates)"
     assert tags["covariate_time_labels"] == "none (static covariates)" and result.n_mapped > 500
     stack = _stack(run)

@@ -39,7 +39,9 @@ def test_report_sections_and_self_contained(run_dir: Path) -> None:
     assert len(images) == 4 and all(src.startswith("data:image/png;base64,") for src in images)
     assert "http://" not in page and "https://" not in page  # nothing to fetch: forwardable as one file
     summary = json.loads((run_dir / "metrics.json").read_text())
-    assert f"Validation R² {summary['best']['metrics']['r2']:.3f}" in page
+    headline = summary["mean_of_runs"]
+    assert "held-out test set" in headline["evaluated_on"]
+    assert f"R² {headline['metrics']['r2']:.3f}" in page and "what the map uses" in page
     assert "KS two-sample test" in page
     assert "above_max_target" in page  # drops table
     assert "loss_type: mse" in page  # the config used

@@ -21,11 +21,15 @@ from socmap.split import (
     BufferedLeaveOneOut,
     DistanceSplit,
     RandomKFold,
+    RandomSplit,
     SpatialBlockKFold,
+    SpatialBlockSplit,
     haversine_km,
+    holdout_splitter,
     location_groups,
     make_splitter,
     split_report,
+    suggest_block_size_km,
 )
 
 LON_RANGE, LAT_RANGE = (9.0, 13.8), (47.3, 50.5)  # Bavaria's bounding box
@@ -388,6 +392,68 @@ def test_spatial_block_kfold_too_few_blocks() -> None:
         SpatialBlockKFold(n_splits=1)
     with pytest.raises(InputError, match="block_size_km 0: expected a number > 0"):
         SpatialBlockKFold(block_size_km=0)
+
+
+def small_area(n: int = 300, km: float = 5.0, seed: int = 0) -> NDArray[np.float64]:
+    """``n`` random points in a ``km`` x ``km`` square near Munich, as (lon, lat)."""
+    rng = np.random.default_rng(seed)
+    lat = 48.1 + rng.uniform(0, km, n) / 111.2
+    lon = 11.5 + rng.uniform(0, km, n) / (111.2 * np.cos(np.radians(48.1)))
+    return np.column_stack([lon, lat])
+
+
+def test_spatial_block_kfold_too_large_blocks_says_what_block_size_works() -> None:
+    """10 km blocks over a 5 km area give fewer blocks than folds: the error names a size that works."""
+    X = small_area()
+    with pytest.raises(InputError) as info:
+        next(SpatialBlockKFold(n_splits=10, block_size_km=10.0).split(X))
+    text = str(info.value)
+    assert "only 1 non-empty blocks of 10.0 km" in text and "the samples span 5 x 5 km" in text
+    size = float(text.split("use block_size_km ")[1].split(" ")[0])
+    assert 0.5 <= size <= 5.0 / math.sqrt(30)  # about extent / sqrt(3 x folds)
+    folds = list(SpatialBlockKFold(n_splits=10, block_size_km=size).split(X))
+    assert len(folds) == 10
+    assert suggest_block_size_km(X[:, 0], X[:, 1], 30) == size
+    assert suggest_block_size_km([11.0, 11.0], [48.0, 48.0], 4) is None  # one place: no block size works
+
+
+def test_random_split_holds_out_val_ratio_of_locations() -> None:
+    lon, lat, _ = bavaria(12, n_clusters=10, n_single=200, max_visits=4)
+    X = np.column_stack([lon, lat])
+    groups = location_groups(lon, lat)
+    train, test = next(RandomSplit(val_ratio=0.25, seed=3).split(X))
+    assert_partition(train, test, lon.size)
+    assert test.size == pytest.approx(0.25 * lon.size, rel=0.05)
+    assert not set(groups[train].tolist()) & set(groups[test].tolist())
+    again = next(RandomSplit(val_ratio=0.25, seed=3).split(X))[1]
+    other = next(RandomSplit(val_ratio=0.25, seed=4).split(X))[1]
+    assert np.array_equal(test, again) and not np.array_equal(test, other)
+
+
+def test_spatial_block_split_holds_out_whole_blocks() -> None:
+    lon, lat, _ = bavaria(5, n_single=400)
+    X = np.column_stack([lon, lat])
+    train, test = next(SpatialBlockSplit(val_ratio=0.2, block_size_km=20.0, seed=1).split(X))
+    assert_partition(train, test, lon.size)
+    assert test.size == pytest.approx(0.2 * lon.size, rel=0.25)
+    blocks = SpatialBlockKFold(block_size_km=20.0).block_labels(X)
+    assert not set(blocks[train].tolist()) & set(blocks[test].tolist())
+    with pytest.raises(
+        InputError, match=r"block_size_km 10\.0: val_ratio 0\.08: whole blocks reach only 0\.000"
+    ):
+        next(SpatialBlockSplit(block_size_km=10.0).split(small_area()))
+
+
+def test_holdout_splitter_follows_split_method() -> None:
+    from socmap.config import SplitConfig
+
+    cfg = SplitConfig(val_ratio=0.2, block_size_km=7.0, distance_km=2.0)
+    assert isinstance(holdout_splitter(cfg, 0, "random"), RandomSplit)
+    block = holdout_splitter(cfg, 0, "spatial-block")
+    assert isinstance(block, SpatialBlockSplit) and block.block_size_km == 7.0 and block.val_ratio == 0.2
+    for method in ("distance-split", "buffered"):
+        dist = holdout_splitter(cfg, 0, method)
+        assert isinstance(dist, DistanceSplit) and dist.min_distance_km == 2.0 and dist.val_ratio == 0.2
 
 
 # ---------------------------------------------------------------------------------- buffered leave-one-out

@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from socmap.config import SocmapConfig, load_config
-from socmap.errors import OutputError
+from socmap.errors import InputError, OutputError
 from socmap.models import load_model
+from socmap.runfolder import EARLY_STOPPING, MEAN_OF_RUNS, TEST, TRAINING_FIT
+from socmap.split import holdout_splitter
 from socmap.train import fit_run, make_split, train
 from socmap.windows import load_prepared, prepare
 
@@ -66,13 +68,20 @@ def test_run_folder_contents(trained) -> None:
     assert spec["kind"] == "cnn_lstm" and spec["bands"][0] == "Elevation"
     assert spec["state"]["normalizer"]["fitted_on"] == "training samples only"
     assert spec["state"]["target_transform"]["name"] == "normalize"
-    assert set(pd.read_csv(out / "split.csv")["role"]) == {"train", "validation"}
+    assert set(pd.read_csv(out / "split.csv")["role"]) == {"train", "test"}
 
 
 def test_aggregate_and_best_run(trained) -> None:
     s = trained.summary
     r2s = [r.metrics["r2"] for r in s.runs]
-    assert s.best_run == int(np.argmax(r2s))
+    assert s.evaluated_on == TEST and all(r.evaluated_on == TEST for r in s.runs)
+    # the folder's model is chosen on the early-stopping set, never on the test set
+    es = [r.early_stopping.metrics["r2"] for r in s.runs if r.early_stopping is not None]
+    assert len(es) == 2 and all(r.early_stopping.evaluated_on == EARLY_STOPPING for r in s.runs)
+    assert s.best_run == int(np.argmax(es)) and "early-stopping R²" in s.selection
+    assert all(r.training is not None and r.training.evaluated_on == TRAINING_FIT for r in s.runs)
+    assert s.mean_of_runs is not None and s.mean_of_runs.evaluated_on == MEAN_OF_RUNS
+    assert s.mean_of_runs.metrics["n"] == s.n_test == s.best.metrics["n"]
     assert s.aggregate["r2"]["mean"] == pytest.approx(np.mean(r2s))
     assert s.aggregate["r2"]["std"] == pytest.approx(np.std(r2s, ddof=1))
     assert s.aggregate["r2"]["max"] == max(r2s)
@@ -80,13 +89,13 @@ def test_aggregate_and_best_run(trained) -> None:
     assert [r.seed for r in s.runs] == [0, 1]
 
 
-def test_reload_reproduces_validation_predictions_exactly(trained, prepared_small: Path) -> None:
+def test_reload_reproduces_test_predictions_exactly(trained, prepared_small: Path) -> None:
     data = load_prepared(prepared_small)
     predictor = load_model(trained.out, expected_bands=data.bands)
     best = trained.out / "runs" / f"run_{trained.best_run}"
     table = pd.read_csv(best / "predictions.csv")
     split = pd.read_csv(trained.out / "split.csv")
-    val = np.flatnonzero(split["role"].to_numpy() == "validation")
+    val = np.flatnonzero(split["role"].to_numpy() == "test")
     pred = predictor.predict(data.windows[val])
     np.testing.assert_array_equal(pred, table["predicted"].to_numpy())
     np.testing.assert_array_equal(data.target[val], table["observed"].to_numpy())
@@ -112,9 +121,21 @@ def test_early_stopping_restores_best_weights(
     assert m.fit["stopped_early"] and len(hist) < 60
     best_epoch = int(hist["val_loss"].idxmin())
     assert m.best_epoch == best_epoch == len(hist) - 1 - 3
-    # the saved model's validation metrics are the best epoch's, not the last epoch's
-    assert m.metrics["rmse"] == pytest.approx(hist["val_rmse"].iloc[best_epoch], rel=1e-5)
-    assert m.metrics["rmse"] != pytest.approx(hist["val_rmse"].iloc[-1], rel=1e-5)
+    # history's val_* columns are the early-stopping set's: rows the deep model carved out of its training rows
+    data = load_prepared(prepared_small)
+    role = pd.read_csv(result.out / "split.csv")["role"].to_numpy()
+    train_rows, test_rows = np.flatnonzero(role == "train"), np.flatnonzero(role == "test")
+    _, inner = next(holdout_splitter(cfg.split, cfg.train.seed).split(data.coords[train_rows]))
+    es_rows = train_rows[inner]
+    assert es_rows.size > 0 and not set(es_rows) & set(test_rows)
+    pred = load_model(result.out).predict(np.asarray(data.windows[es_rows]))
+    rmse = float(np.sqrt(np.mean((pred - data.target[es_rows]) ** 2)))
+    # the saved model is the best epoch's on the early-stopping set, not the last epoch's
+    assert rmse == pytest.approx(hist["val_rmse"].iloc[best_epoch], rel=1e-5)
+    assert rmse != pytest.approx(hist["val_rmse"].iloc[-1], rel=1e-5)
+    assert m.early_stopping is not None
+    assert m.early_stopping.metrics["rmse"] == pytest.approx(hist["val_rmse"].iloc[best_epoch])
+    assert m.metrics["n"] == test_rows.size  # the headline is the test set's
 
 
 def test_resume_after_interruption_gives_identical_weights(
@@ -208,9 +229,13 @@ def test_balanced_sampling_changes_what_the_model_trains_on(
 def test_no_validation_mode(small_synth_dir: Path, prepared_small: Path, tmp_path: Path) -> None:
     cfg = config(small_synth_dir, **{"train.use_validation": False, "train.num_runs": 1, "train.epochs": 2})
     result = train(cfg, tmp_path / "r", prepared=prepared_small)
-    assert result.summary.n_validation == 0
-    assert result.summary.evaluated_on.startswith("training")
-    assert result.summary.r2_ceiling is None
+    s = result.summary
+    assert s.n_test == 0 and s.runs[0].test is None and s.mean_of_runs is None
+    assert s.evaluated_on == TRAINING_FIT and "training fit (not a validation)" in s.evaluated_on
+    assert s.r2_ceiling is None
+    saved = json.loads((result.out / "metrics.json").read_text())
+    assert saved["evaluated_on"].startswith("training fit (not a validation)")
+    assert set(pd.read_csv(result.out / "split.csv")["role"]) == {"train"}
 
 
 def test_checkpoint_safety(trained, tmp_path: Path) -> None:
@@ -262,12 +287,75 @@ def test_every_model_kind_trains_into_the_same_run_folder(
     )
     assert json.loads((result.out / "model.json").read_text())["kind"] == kind
     split = pd.read_csv(result.out / "split.csv")
-    val = np.flatnonzero(split["role"].to_numpy() == "validation")
+    val = np.flatnonzero(split["role"].to_numpy() == "test")
     data = load_prepared(prepared_small)
     model = load_model(result.out, expected_bands=data.bands)
     table = pd.read_csv(result.out / "runs" / f"run_{result.best_run}" / "predictions.csv")
     np.testing.assert_array_equal(model.predict(np.asarray(data.windows[val])), table["predicted"].to_numpy())
     assert s.best.metrics["r2"] > 0.1  # it learned something, on the original scale
+    # no early-stopping score to choose by: run 0 is kept, and the summary says why
+    assert s.best_run == 0 and s.selection.startswith("run 0:") and s.best.early_stopping is None
     assert (s.best.intervals is not None) == (kind == "qrf")
     if kind == "qrf":
         assert (table["q05"] <= table["q95"]).all()
+
+
+@pytest.mark.parametrize("method", ["random", "spatial-block", "distance-split"])
+def test_hold_out_honours_val_ratio_for_every_method(
+    small_synth_dir: Path, prepared_small: Path, method: str
+) -> None:
+    """`split.val_ratio` is the test share whatever `split.method` (random used to hold out 1/folds)."""
+    data = load_prepared(prepared_small)
+    extra = {"split.method": method, "split.val_ratio": 0.25, "split.block_size_km": 5.0}
+    plan = make_split(config(small_synth_dir, **extra), data, seed=3)
+    n = len(data.samples)
+    assert plan.test.size + plan.train.size == n and not set(plan.test) & set(plan.train)
+    tolerance = 0.25 if method == "spatial-block" else 0.05  # whole blocks are lumpy
+    assert plan.test.size == pytest.approx(0.25 * n, rel=tolerance)
+    assert plan.report["val_ratio_requested"] == 0.25 and plan.report["held_out"] == "test"
+    loc = data.samples["lon"].round(6).astype(str) + data.samples["lat"].round(6).astype(str)
+    assert not set(loc.iloc[plan.test]) & set(loc.iloc[plan.train])  # repeat visits stay on one side
+    if method == "spatial-block":
+        from socmap.split import SpatialBlockKFold
+
+        blocks = SpatialBlockKFold(block_size_km=5.0).block_labels(data.samples[["lon", "lat"]])
+        assert not set(blocks[plan.test]) & set(blocks[plan.train])  # whole blocks held out
+
+
+def test_spatial_block_hold_out_with_too_large_blocks_says_what_would_work(
+    small_synth_dir: Path, prepared_small: Path
+) -> None:
+    data = load_prepared(prepared_small)
+    cfg = config(small_synth_dir, **{"split.method": "spatial-block", "split.block_size_km": 400.0})
+    with pytest.raises(InputError) as info:
+        make_split(cfg, data, seed=0)
+    text = str(info.value)
+    assert "split.method spatial-block with split.val_ratio 0.08" in text and "\n" not in text
+    size = float(text.split("use block_size_km ")[1].split(" ")[0])
+    plan = make_split(
+        config(small_synth_dir, **{"split.method": "spatial-block", "split.block_size_km": size}), data, 0
+    )
+    assert plan.test.size > 0
+
+
+def test_given_prepared_folder_of_another_config_is_refused(
+    trained, small_synth_dir: Path, tmp_path: Path
+) -> None:
+    """`--prepared DIR` made from another config is never silently rebuilt (train and predict)."""
+    other = config(small_synth_dir, **{"windows.size": 3})
+    folder = tmp_path / "prepared-3x3"
+    prepare(other, folder)
+    before = (folder / "meta.json").read_text()
+    message = f"prepared folder {folder} was made from another config or other input files; pass --overwrite"
+    with pytest.raises(OutputError, match=message):
+        train(config(small_synth_dir), tmp_path / "r", prepared=folder)
+    from socmap.predict import predict_samples
+
+    with pytest.raises(OutputError, match=message):
+        predict_samples(config(small_synth_dir), trained.out, tmp_path / "p.csv", prepared=folder)
+    assert (folder / "meta.json").read_text() == before  # untouched
+    # the default prepared folder beside the output is ours: rebuilt when its inputs change
+    own = tmp_path / "p2.prepared"
+    prepare(other, own)
+    result = predict_samples(config(small_synth_dir), trained.out, tmp_path / "p2.csv")
+    assert result.n_samples > 0 and json.loads((own / "meta.json").read_text())["window_size"] == 5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from pathlib import Path
 
@@ -168,8 +169,27 @@ def test_all_samples_outside_hints_swapped_coordinates(tiny_root: Path, tmp_path
     frame = pd.read_csv(tiny_root / "samples.csv")
     frame = frame.rename(columns={"GPS_LAT": "GPS_LONG", "GPS_LONG": "GPS_LAT"})
     frame.to_csv(tmp_path / "swapped.csv", index=False)
-    with pytest.raises(InputError, match="latitude and longitude swapped"):
+    with pytest.raises(InputError, match="latitude and longitude swapped") as info:
         prepare(tiny_config(tiny_root, **{"samples.path": str(tmp_path / "swapped.csv")}), tmp_path / "p")
+    # where the samples fell and where the rasters are, both in lon/lat
+    text = str(info.value)
+    assert re.search(
+        r"samples lon [\d.]+\.\.[\d.]+, lat [\d.]+\.\.[\d.]+ \(read from latitude/longitude", text
+    )
+    assert re.search(r"rasters lon [\d.]+\.\.[\d.]+, lat [\d.]+\.\.[\d.]+ \(x ", text)
+    assert "samples.x / samples.y" in text and "\n" not in text
+
+
+def test_prepared_folder_is_reused_from_the_run_folders_config_yaml(tiny_root: Path, tmp_path: Path) -> None:
+    """A config written with absolute paths (RUN/config.yaml) is the same data as the one it came from."""
+    from socmap.config import dump_config
+
+    cfg = tiny_config(tiny_root)
+    prepare(cfg, tmp_path / "p")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "config.yaml").write_text(dump_config(cfg))
+    _, reused = prepare(load_config(tmp_path / "elsewhere" / "config.yaml"), tmp_path / "p")
+    assert reused
 
 
 def test_misaligned_raster_is_warped_or_refused(tmp_path: Path) -> None:

@@ -186,11 +186,14 @@ def train(
         typer.Option(
             "--use_validation/--no_validation",
             "--use-validation/--no-validation",
-            help="Hold out a validation split [yes].",
+            help="Hold out a test set and early-stop on an inner split of the training part [yes].",
         ),
     ] = None,
     target_val_ratio: Annotated[
-        float | None, typer.Option("--target-val-ratio", help="Validation share of samples [0.08].")
+        float | None,
+        typer.Option(
+            "--target-val-ratio", help="Held-out test share (and early-stopping share of training) [0.08]."
+        ),
     ] = None,
     distance_threshold: Annotated[
         float | None,
@@ -218,7 +221,7 @@ def train(
     sets: SetOption = None,
     overwrite: OverwriteOption = False,
 ) -> None:
-    """Train any model kind over several runs; keep the best run (by validation R²) and all runs' models.
+    """Train any model kind over several runs, scored on a held-out test set that nothing else sees.
 
     Flags keep the seed project's names and defaults; any other config key can be set with --set.
     """
@@ -263,32 +266,49 @@ def train(
                 tasks[run] = bar.add_task(f"run {run}", total=cfg.train.epochs, metrics="")
             text = f"loss {row['train_loss']:.4f}"
             if "val_r2" in row:
-                text += f" | val loss {row['val_loss']:.4f} R² {row['val_r2']:.3f} RMSE {row['val_rmse']:.3g}"
+                text += f" | early-stopping loss {row['val_loss']:.4f} R² {row['val_r2']:.3f} RMSE {row['val_rmse']:.3g}"
             bar.update(tasks[run], completed=epoch + 1, metrics=text)  # type: ignore[arg-type]
 
         result = run_train(cfg, out, prepared=prepared, resume=resume, overwrite=overwrite, on_epoch=on_epoch)
     _print_train_summary(result.summary, out)
 
 
+def _metrics_text(m: dict[str, float]) -> str:
+    return (
+        f"R² {m['r2']:.3f} (1-SSE/SST; Pearson r² {m['pearson_r2']:.3f}), RMSE {m['rmse']:.3g}, "
+        f"MAE {m['mae']:.3g}, ME {m['me']:+.3g}, RPIQ {m['rpiq']:.2f}, CCC {m['ccc']:.3f}"
+    )
+
+
 def _print_train_summary(s: RunSummary, out: Path) -> None:
-    """The closing lines of `socmap train`: split sizes, the best run's scores (labelled), all runs."""
-    best, agg = s.best.metrics, s.aggregate
-    typer.echo(f"{s.n_samples} samples: {s.n_train} training, {s.n_validation} validation")
-    if s.split_warning:
-        _warn(s.split_warning)
-    for warning in s.warnings:
+    """The closing lines of `socmap train`: split sizes, then every score labelled with the set it is on."""
+    best, agg = s.best, s.aggregate
+    typer.echo(f"{s.n_samples} samples: {s.n_train} training, {s.n_test} held-out test")
+    for warning in ([s.split_warning] if s.split_warning else []) + s.warnings:
         _warn(warning)
-    typer.echo(
-        f"best run {s.best_run} ({s.model}, {s.evaluated_on}): R² {best['r2']:.3f} (1-SSE/SST; Pearson r² "
-        f"{best['pearson_r2']:.3f}), RMSE {best['rmse']:.3g}, MAE {best['mae']:.3g}, ME {best['me']:+.3g}, "
-        f"RPIQ {best['rpiq']:.2f}, CCC {best['ccc']:.3f}"
-    )
-    typer.echo(
-        f"over {len(s.runs)} runs: R² {agg['r2']['mean']:.3f} ± {agg['r2']['std']:.3f} "
-        f"(min {agg['r2']['min']:.3f}, max {agg['r2']['max']:.3f})"
-    )
+    if s.mean_of_runs is not None:
+        typer.echo("held-out test set (never used for fitting, early stopping or choosing the run):")
+        runs = f"mean of {len(s.runs)} runs" if len(s.runs) > 1 else "the one run"
+        typer.echo(f"  {runs} (what map and predict use): {_metrics_text(s.mean_of_runs.metrics)}")
+        typer.echo(f"  best run {s.best_run} ({s.model}): {_metrics_text(best.headline.metrics)}")
+        if len(s.runs) > 1:
+            typer.echo(
+                f"  over {len(s.runs)} runs: R² {agg['r2']['mean']:.3f} ± {agg['r2']['std']:.3f} "
+                f"(min {agg['r2']['min']:.3f}, max {agg['r2']['max']:.3f})"
+            )
+    else:
+        typer.echo(
+            f"best run {s.best_run} ({s.model}), {best.headline.evaluated_on}: {_metrics_text(best.headline.metrics)}"
+        )
+    if best.early_stopping is not None:
+        typer.echo(f"  early-stopping set of run {s.best_run}: R² {best.early_stopping.metrics['r2']:.3f}")
+    if best.training is not None and s.mean_of_runs is not None:
+        typer.echo(
+            f"  training fit of run {s.best_run} (not a validation): R² {best.training.metrics['r2']:.3f}"
+        )
+    typer.echo(f"run kept as the folder's model: {s.selection}")
     if s.r2_ceiling is not None:
-        typer.echo(f"known ceiling of this validation set (noise-free truth): R² {s.r2_ceiling:.3f}")
+        typer.echo(f"known ceiling of the test set (noise-free truth): R² {s.r2_ceiling:.3f}")
     typer.echo(f"wrote {out}")
 
 
@@ -381,7 +401,10 @@ def map_(
         f"mapped {result.n_mapped:,} of {result.n_region_pixels:,} region pixels ({result.width} x "
         f"{result.height} px) in {result.seconds:.1f} s ({rate:,.0f} px/s{resumed})"
     )
-    typer.echo(f"bands: prediction, Q05, Q95, std ({result.method}, {len(result.model_ids)} models)")
+    typer.echo(f"region: {result.region}")
+    typer.echo(
+        f"bands: prediction, Q05, Q95, std ({result.method}, {len(result.model_ids)} models: {result.model_kinds})"
+    )
     typer.echo(f"wrote {result.out}, {result.png}, {result.uncertainty_png}")
 
 
@@ -552,6 +575,32 @@ def cv(
     typer.echo(f"wrote {out} (metrics.md, metrics_summary.csv, predictions.csv, comparison.png)")
 
 
+@contextlib.contextmanager
+def _fold_progress(n_models: int) -> Iterator[Callable[[str, int, int, float], None]]:
+    """A progress bar over (model, fold) fits, fed by cross_validate's ``on_fold``."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (
+        TextColumn("[bold]cv"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[last]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("cv", total=None, last="")
+
+        def on_fold(model: str, fold: int, n_folds: int, seconds: float) -> None:
+            bar.update(
+                task,
+                total=n_models * n_folds,
+                advance=1,
+                last=f"{model} fold {fold + 1}/{n_folds} {seconds:.1f} s",
+            )
+
+        yield on_fold
+
+
 def _with_trees(models: dict[str, dict[str, object]], trees: int) -> dict[str, dict[str, object]]:
     """``--trees N``: n_estimators of every tree kind (rf, qrf, xgb)."""
     out = {k: dict(v) for k, v in models.items()}
@@ -603,6 +652,25 @@ def report(
 
 
 @app.command()
+def example(
+    out: OutOption,
+    kind: Annotated[
+        str, typer.Option("--kind", help="nsw-ph (pH, UTM 55 South) or nl-oc-percent (OC %, EPSG:28992).")
+    ] = "nsw-ph",
+    seed: Annotated[int, typer.Option(help="Seed of the covariates, sample places and noise.")] = 0,
+    n_samples: Annotated[int, typer.Option("--n-samples", help="Rows of samples.csv (20..5000).")] = 150,
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Write a small generated data set laid out like a user's own: samples without dates in a projected CRS,
+    static covariate GeoTIFFs, a non-SOC target, and a ready config.yaml (see README, "Your own data")."""
+    from socmap.examples import write_example
+
+    result = write_example(out, kind, seed=seed, n_samples=n_samples, overwrite=overwrite)
+    typer.echo(f"{result.description}")
+    typer.echo(f"wrote {out}: {result.samples.name}, covariates/ ({result.crs}), config {result.config}")
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder for the demo's data and results.")] = Path(
         "demo-output"
@@ -628,23 +696,27 @@ def demo(
     with console.status("demo") as status:
 
         def on_epoch(run: int, epoch: int, row: dict[str, float]) -> None:
-            r2 = f", validation R² {row['val_r2']:.3f}" if "val_r2" in row else ""
+            r2 = f", early-stopping R² {row['val_r2']:.3f}" if "val_r2" in row else ""
             status.update(f"training run {run}, epoch {epoch + 1}{r2}")
 
         result = run_demo(out, overrides=overrides, say=lambda m: console.log(m), on_epoch=on_epoch)
     s = result.summary
-    best = s.best.metrics
+    score = s.mean_of_runs or s.best.headline
+    best = score.metrics
     typer.echo(f"data set: {result.data}")
-    typer.echo(f"run folder: {result.run} (model.pt, metrics.json, scatter.png)")
+    typer.echo(f"run folder: {result.run} (model.json, metrics.json, scatter.png)")
     if result.cv is not None:
         typer.echo(f"model comparison: {result.cv / 'metrics.md'}")
     if result.map is not None:
-        typer.echo(f"SOC map (Cloud-Optimized GeoTIFF): {result.map}")
+        typer.echo(f"map (Cloud-Optimized GeoTIFF): {result.map}")
     if result.report is not None:
         typer.echo(f"report: {result.report}")
     ceiling = s.r2_ceiling
-    ceiling_text = f" (best possible on this validation set: {ceiling:.3f})" if ceiling is not None else ""
-    typer.echo(f"validation R² {best['r2']:.3f}{ceiling_text}, RMSE {best['rmse']:.3g} g/kg")
+    ceiling_text = f" (best possible on this test set: {ceiling:.3f})" if ceiling is not None else ""
+    what = f"mean of {len(s.runs)} runs" if s.mean_of_runs is not None else f"run {s.best_run}"
+    typer.echo(
+        f"held-out test R² {best['r2']:.3f}{ceiling_text}, RMSE {best['rmse']:.3g} {s.target.unit} ({what})"
+    )
 
 
 # library errors name config keys; the CLI adds the flag that sets each key
@@ -661,6 +733,8 @@ FLAGS = {
     "cv.folds": "--folds",
     "cv.seed": "--seed",
     "train.model": "--model",
+    "split.val_ratio": "--target-val-ratio",
+    "split.distance_km": "--distance-threshold",
     "train.epochs": "--epochs",
     "train.lr": "--lr",
     "train.loss_type": "--loss_type",

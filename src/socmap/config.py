@@ -166,11 +166,17 @@ class SplitConfig(_Section):
     """The validation split used by `socmap train` (seed project's distance-threshold design by default)."""
 
     method: Literal["distance-split", "spatial-block", "buffered", "random"] = "distance-split"
-    val_ratio: float = Field(0.08, gt=0, lt=1, description="Target share of samples in validation.")
+    val_ratio: float = Field(
+        0.08,
+        gt=0,
+        lt=1,
+        description="Share held out as `socmap train`'s test set (every split.method), and share of the training "
+        "part a deep model holds out for early stopping.",
+    )
     distance_km: float = Field(
         1.2, gt=0, description="Minimum distance between validation and training points."
     )
-    folds: int = Field(10, ge=2, description="Folds for k-fold designs.")
+    folds: int = Field(10, ge=2, description="Folds of `socmap cv` (train's hold-out uses val_ratio).")
     block_size_km: float = Field(10.0, gt=0, description="Block edge for spatial-block k-fold.")
     seed: int = 0
 
@@ -214,19 +220,26 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.0, ge=0, description="Adam weight decay.")
     batch_size: int = Field(256, ge=1, description="Samples per batch.")
     epochs: int = Field(200, ge=1, description="Maximum epochs.")
-    patience: int = Field(20, ge=1, description="Early stopping: epochs without validation-loss improvement.")
+    patience: int = Field(
+        20, ge=1, description="Early stopping: epochs without early-stopping-set loss improvement."
+    )
     min_delta: float = Field(
-        0.0, ge=0, description="Smallest validation-loss decrease that counts as improvement."
+        0.0, ge=0, description="Smallest early-stopping-set loss decrease that counts as improvement."
     )
     lr_schedule: Literal["none", "plateau", "cosine"] = Field("none", description="Learning-rate schedule.")
     grad_clip: float = Field(1.0, ge=0, description="Clip the gradient norm to this (0: off).")
     use_validation: bool = Field(
-        True, description="Hold out a validation split (False: train on all samples)."
+        True,
+        description="Hold out a test set and early-stop on an inner split of the training part (False: no test "
+        "set; the only score is the training fit).",
     )
     num_runs: int = Field(
-        5, ge=1, description="Runs with different seeds; the best by validation R² is kept."
+        5,
+        ge=1,
+        description="Runs with different seeds; the run with the best early-stopping R² becomes the folder's model "
+        "(run 0 for kinds without early stopping); maps and predictions use the mean of all runs.",
     )
-    vary_split: bool = Field(False, description="Give every run its own validation split (seed + run).")
+    vary_split: bool = Field(False, description="Give every run its own test split (seed + run).")
     seed: int = Field(0, description="Seed of run 0 (run i uses seed + i).")
     threads: int | None = Field(
         None,
@@ -334,7 +347,7 @@ class SocmapConfig(_Section):
     @classmethod
     def _defaults_from_the_data(cls, data: Any) -> Any:
         """Defaults that follow the user's covariates: a config that lists only static (or only temporal)
-        bands gets no bands of the other kind from the demo's defaults, and ``windows.time_steps`` defaults to
+        bands gets no bands of the other kind from the demo's defaults (an explicit empty list changes nothing), and ``windows.time_steps`` defaults to
         5 with temporal bands and to 1 without (static bands repeated over steps add nothing)."""
         if not isinstance(data, dict):
             return data
@@ -342,9 +355,9 @@ class SocmapConfig(_Section):
         cov = data.get("covariates")
         if isinstance(cov, dict):
             cov = dict(cov)
-            if "static" in cov and "temporal" not in cov:
+            if cov.get("static") and "temporal" not in cov:
                 cov["temporal"] = []
-            elif "temporal" in cov and "static" not in cov:
+            elif cov.get("temporal") and "static" not in cov:
                 cov["static"] = []
             data["covariates"] = cov
         temporal = cov.get("temporal") if isinstance(cov, dict) and "temporal" in cov else ["default"]

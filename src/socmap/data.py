@@ -129,7 +129,7 @@ def load_samples(config: SocmapConfig) -> SampleTable:
     table = SampleTable(frame=pd.DataFrame({"source_row": np.arange(len(raw))}), n_input=len(raw))
     frame = table.frame
     frame["sample_id"] = _sample_ids(raw, config, path)
-    frame["lon"], frame["lat"] = _lon_lat(raw, config, path)
+    frame["lon"], frame["lat"] = _lon_lat(raw, config, path, table.warnings)
     frame["target"], missing = _targets(raw, config, path)
     if config.samples.uncertainty is not None:
         column = config.samples.uncertainty
@@ -158,32 +158,77 @@ def _sample_ids(raw: pd.DataFrame, config: SocmapConfig, path: Path) -> NDArray[
 
 
 def _lon_lat(
-    raw: pd.DataFrame, config: SocmapConfig, path: Path
+    raw: pd.DataFrame, config: SocmapConfig, path: Path, warn: list[str]
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """WGS84 lon/lat of every row, from projected x/y (``samples.crs``) or lat/lon columns."""
+    """WGS84 lon/lat of every row, from projected x/y (``samples.crs``) or lat/lon columns; coordinates that
+    are not degrees (projected numbers read as lon/lat) are refused when most rows have them, else reported
+    in ``warn`` (and dropped later as ``invalid_coordinates``)."""
     scfg = config.samples
-    if scfg.x is not None or scfg.y is not None:
+    projected_input = scfg.x is not None or scfg.y is not None
+    if projected_input:
         xcol = _pick(raw, scfg.x, "x", path, "x")
         ycol = _pick(raw, scfg.y, "y", path, "y")
         assert xcol is not None and ycol is not None
-        cx = pd.to_numeric(raw[xcol], errors="coerce").to_numpy(np.float64)
-        cy = pd.to_numeric(raw[ycol], errors="coerce").to_numpy(np.float64)
+        names = (f"samples.x {xcol!r}", f"samples.y {ycol!r}")
     elif "__lon" in raw.columns and _pick(raw, scfg.lat, "", path, "lat") is None:
-        cx, cy = raw["__lon"].to_numpy(np.float64), raw["__lat"].to_numpy(np.float64)
+        xcol, ycol, names = "__lon", "__lat", ("point x", "point y")
     else:
-        lat_col = _pick(raw, scfg.lat, "latitude", path, "lat")
-        lon_col = _pick(raw, scfg.lon, "longitude", path, "lon")
-        assert lat_col is not None and lon_col is not None
-        cx = pd.to_numeric(raw[lon_col], errors="coerce").to_numpy(np.float64)
-        cy = pd.to_numeric(raw[lat_col], errors="coerce").to_numpy(np.float64)
+        ycol = _pick(raw, scfg.lat, "latitude", path, "lat")
+        xcol = _pick(raw, scfg.lon, "longitude", path, "lon")
+        assert ycol is not None and xcol is not None
+        names = (f"longitude {xcol!r}", f"latitude {ycol!r}")
+    cx = pd.to_numeric(raw[xcol], errors="coerce").to_numpy(np.float64)
+    cy = pd.to_numeric(raw[ycol], errors="coerce").to_numpy(np.float64)
     try:
         src_crs = ProjCRS.from_user_input(scfg.crs)
     except CRSError:
         raise InputError(f"samples.crs {scfg.crs!r} is not a known CRS (e.g. EPSG:4326)") from None
     if src_crs.to_epsg() == 4326:
-        return cx, cy
-    lon, lat = Transformer.from_crs(src_crs, "EPSG:4326", always_xy=True).transform(cx, cy)
-    return np.asarray(lon, np.float64), np.asarray(lat, np.float64)
+        lon, lat = cx, cy
+    else:
+        tlon, tlat = Transformer.from_crs(src_crs, "EPSG:4326", always_xy=True).transform(cx, cy)
+        lon, lat = np.asarray(tlon, np.float64), np.asarray(tlat, np.float64)
+    _check_degrees(lon, lat, (cx, cy), names, projected_input, scfg.crs, path, warn)
+    return lon, lat
+
+
+def _check_degrees(
+    lon: NDArray[np.float64],
+    lat: NDArray[np.float64],
+    source: tuple[NDArray[np.float64], NDArray[np.float64]],
+    names: tuple[str, str],
+    projected_input: bool,
+    crs: str,
+    path: Path,
+    warn: list[str],
+) -> None:
+    """Refuse (most rows) or report (some rows) coordinates that are not lon/lat degrees, saying where they
+    fell (the columns' value ranges) and which config keys read projected coordinates."""
+    given = np.isfinite(source[0]) & np.isfinite(source[1])
+    bad = given & ~(np.isfinite(lon) & np.isfinite(lat) & (np.abs(lat) <= 90) & (np.abs(lon) <= 180))
+    if not bad.any():
+        return
+    xs, ys = source[0][bad], source[1][bad]
+    where = f"{names[0]} {xs.min():.8g}..{xs.max():.8g}, {names[1]} {ys.min():.8g}..{ys.max():.8g}"
+    text = (
+        f"{int(bad.sum())} of {int(given.sum())} rows have coordinates outside longitude -180..180 / "
+        f"latitude -90..90 ({where})"
+    )
+    if bad.sum() <= 0.5 * given.sum():
+        warn.append(f"{text}: dropped as invalid_coordinates")
+        return
+    if projected_input:
+        hint = (
+            f"they are not coordinates in samples.crs {crs}: set samples.crs to the CRS of samples.x / "
+            "samples.y (e.g. EPSG:32755 for UTM zone 55S, EPSG:28992 for the Dutch RD grid)"
+        )
+    else:
+        hint = (
+            "these look like projected coordinates (e.g. metres), not degrees: set samples.x and samples.y "
+            "to these columns and samples.crs to their CRS (e.g. EPSG:32755 for UTM zone 55S, EPSG:28992 for "
+            "the Dutch RD grid)"
+        )
+    raise InputError(f"samples file {path}: {text}; {hint}")
 
 
 def _targets(
@@ -211,9 +256,9 @@ def _times(raw: pd.DataFrame, config: SocmapConfig, path: Path) -> tuple[pd.Seri
         year = pd.to_numeric(raw[year_col], errors="coerce")
         year = year.where(year == year.round())
     elif date_col is not None:
-        with warnings.catch_warnings():  # mixed formats fall back to dateutil; unparsable -> NaT, counted
-            warnings.simplefilter("ignore", UserWarning)
-            parsed = pd.to_datetime(raw[date_col], format=scfg.date_format, errors="coerce")
+        parsed = parse_dates(
+            raw[date_col], scfg.date_format, f"samples file {path}: date column {date_col!r}"
+        )
         year = parsed.dt.year.astype("float64")
     elif config.covariates.temporal:
         years, dates = ", ".join(scfg.year or []), ", ".join(scfg.date or [])
@@ -224,6 +269,71 @@ def _times(raw: pd.DataFrame, config: SocmapConfig, path: Path) -> tuple[pd.Seri
     if year_col is None and date_col is None:  # static covariates only: samples need no time
         return year, pd.Series(["-"] * len(raw))
     return year, year.map(lambda v: "" if pd.isna(v) else str(int(v)))
+
+
+_YEAR_FIRST = re.compile(r"^\s*\d{4}\s*[-/.]")
+
+
+def parse_dates(values: pd.Series, date_format: str | None, where: str) -> pd.Series:
+    """Dates of a sample table column (unparsable -> NaT, counted as ``invalid_time`` later).
+
+    With ``date_format`` (strftime) every value is read with it. Without it, datetime columns (Excel,
+    Parquet) are used as they are, ISO values (2015-03-04) and other year-first values are read
+    year-month-day, and any other value is read both day-first and month-first: where a value reads as two
+    different dates (04-03-15: 4 March or 3 April?) an InputError asks for ``samples.date_format``, never
+    guessing the order silently.
+
+    Args:
+        values: the date column.
+        date_format: ``samples.date_format``, or None.
+        where: the column, for the error message.
+    """
+    if date_format is not None:
+        return pd.to_datetime(values, format=date_format, errors="coerce")
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return values
+    text = values.astype("string").str.strip()
+    uniq = pd.Series(text.dropna().unique(), dtype="string")
+    uniq = uniq[uniq != ""].reset_index(drop=True)
+    year_first = uniq.str.contains(_YEAR_FIRST, na=False).to_numpy(bool)
+    chosen = pd.Series(pd.NaT, index=uniq.index, dtype="datetime64[ns]")
+    if year_first.any():
+        chosen[year_first] = _read_dates(uniq[year_first], format="ISO8601").fillna(
+            _read_dates(uniq[year_first], format="mixed", yearfirst=True, dayfirst=False)
+        )
+    if not year_first.all():
+        other = uniq[~year_first]
+        month_first = _read_dates(other, format="mixed", dayfirst=False)
+        day_first = _read_dates(other, format="mixed", dayfirst=True)
+        differ = month_first.notna() & day_first.notna() & (month_first != day_first)
+        if differ.any():
+            i = int(np.flatnonzero(differ.to_numpy(bool))[0])
+            example = str(other.iloc[i])
+            raise InputError(_ambiguous_date(where, example, month_first.iloc[i], day_first.iloc[i]))
+        chosen[~year_first] = month_first.fillna(day_first)
+    lookup = dict(zip(uniq.to_list(), chosen.to_list(), strict=True))
+    return pd.to_datetime(text.map(lookup), errors="coerce")
+
+
+def _read_dates(values: pd.Series, **options: Any) -> pd.Series:
+    """``pd.to_datetime`` of string values (unparsable -> NaT), as datetime64[ns] with the same index."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        parsed = pd.to_datetime(values, errors="coerce", **options)
+    return pd.Series(np.asarray(parsed, dtype="datetime64[ns]"), index=values.index)
+
+
+def _ambiguous_date(where: str, example: str, month_first: pd.Timestamp, day_first: pd.Timestamp) -> str:
+    """One line: the ambiguous value, its two readings and the date_format of each."""
+    parts = re.split(r"([-/. ])", example)
+    sep = parts[1] if len(parts) > 1 else "-"
+    year = "%y" if len(parts[-1]) == 2 else "%Y"
+    day_fmt, month_fmt = f"%d{sep}%m{sep}{year}", f"%m{sep}%d{sep}{year}"
+    return (
+        f"{where} reads ambiguously: {example!r} is {day_first:%Y-%m-%d} day-first or "
+        f"{month_first:%Y-%m-%d} month-first; set samples.date_format, e.g. '{day_fmt}' (day first) "
+        f"or '{month_fmt}' (month first)"
+    )
 
 
 def _apply_filters(table: SampleTable, config: SocmapConfig, missing: NDArray[np.bool_]) -> None:
@@ -281,11 +391,26 @@ def _handle_duplicates(table: SampleTable, policy: str, path: Path) -> None:
         table.warnings.append("duplicate id+time rows with different targets were averaged")
 
 
+_ORGANIC_CARBON = re.compile(r"(?i)(?:^|[^a-z])(s?oc|toc|corg|orgc|c_?org)(?:$|[^a-z])|organic.?carbon")
+
+
+def is_organic_carbon(column: str) -> bool:
+    """Whether a target column names organic carbon (OC, SOC, TOC, Corg, organic carbon, e.g. ``OC_gkg``).
+
+    Args:
+        column: the target column's name (``samples.target``).
+    """
+    return bool(_ORGANIC_CARBON.search(column))
+
+
 def _check_units(table: SampleTable, config: SocmapConfig) -> None:
-    """Warn when the target looks like % OC while g/kg is declared (the most common unit slip)."""
+    """Warn when an organic-carbon target looks like % while g/kg is declared (the most common unit slip);
+    other targets (pH, clay, ...) are never checked against OC's range."""
     target = table.frame["target"]
     unit = config.samples.target_unit.replace(" ", "").lower()
-    if len(target) >= 10 and unit == "g/kg" and target.quantile(0.75) < 8:
+    if not is_organic_carbon(config.samples.target) or unit != "g/kg":
+        return
+    if len(target) >= 10 and target.quantile(0.75) < 8:
         table.warnings.append(
             f"target {config.samples.target!r}: 75% of values are below 8 g/kg (median {target.median():.3g}); "
             "if they are in %, set samples.target_scale: 10"

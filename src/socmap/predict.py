@@ -73,15 +73,18 @@ def predict_samples(
         config: describes the new samples and covariates (same bands, window and steps as the model).
         run: a finished run folder.
         out: CSV of predictions; ``<out>.metrics.json`` is written beside it.
-        prepared: prepared folder for the samples (default ``<out>.prepared``).
-        overwrite: replace an existing ``out``.
+        prepared: prepared folder for the samples (default ``<out>.prepared``, rebuilt when its inputs
+            changed); a given folder made from another config or other input files is refused unless
+            ``overwrite``.
+        overwrite: replace an existing ``out`` (and rebuild a given prepared folder of another config).
     """
     out = Path(out)
     if out.exists() and not overwrite:
         raise OutputError(f"output {out} exists; pass --overwrite to replace it")
-    data, _ = prepare(
-        config, Path(prepared) if prepared is not None else out.with_suffix(".prepared"), overwrite=True
-    )
+    if prepared is None:  # our own folder beside the output: rebuilt when its inputs changed
+        data, _ = prepare(config, out.with_suffix(".prepared"), overwrite=True)
+    else:  # the user's: refused when made from another config or other input files, unless overwrite
+        data, _ = prepare(config, Path(prepared), overwrite=overwrite)
     members = load_members(run, expected_bands=data.bands)
     members[0].require_inputs().check_windows(data.windows.shape, str(run))
     table = data.samples[["sample_id", "lon", "lat", "time", "target"]].rename(columns={"target": "observed"})

@@ -1,8 +1,10 @@
 """One self-contained HTML page (images embedded) summarising a run, for a soil scientist to forward.
 
-Sections: data and drops, training/validation points on a map, target distributions of both sides with the
-KS test, training curves, observed vs predicted and residuals on the original scale, metrics, the model
-comparison (from ``socmap cv``) and the SOC map and its uncertainty when given, and the config used.
+Sections: data and drops, the samples of every split role on a map (with the configured region, or the
+covariate grid's extent), target distributions of the roles with the KS test, training curves, observed vs
+predicted and residuals on the original scale, metrics, the model comparison (from ``socmap cv``, as a table of
+pooled out-of-fold metrics with the fold mean ± sd), the map and its uncertainty when given, and the config
+used. Labels name the target and its unit (any soil property: OC, pH, ...); axes follow the data's range.
 """
 
 from __future__ import annotations
@@ -28,13 +30,13 @@ __all__ = ["SECTIONS", "build_report"]
 
 SECTIONS = (
     "Data and drops",
-    "Training and validation points",
+    "Sample locations",
     "Target distributions",
     "Training curves",
     "Observed vs predicted",
     "Metrics",
     "Model comparison",
-    "SOC map",
+    "Map",
     "Configuration",
 )
 
@@ -89,6 +91,15 @@ class _Context:
     def unit(self) -> str:
         return self.summary.target.unit
 
+    @property
+    def target(self) -> str:
+        return self.summary.target.column
+
+    def roles(self) -> list[str]:
+        """The split roles present (training first; ``unused`` rows are left out)."""
+        found = [str(r) for r in dict.fromkeys(self.split[self.role_col]) if str(r) != "unused"]
+        return sorted(found, key=lambda r: (r != "train", found.index(r)))
+
 
 def _load_context(run_dir: Path) -> _Context:
     run = RunFolder(run_dir)
@@ -132,19 +143,30 @@ def _data_section(ctx: _Context) -> str:
 def _points_section(ctx: _Context) -> str:
     plt = _figures()
     fig, ax = plt.subplots(figsize=(6, 6))
-    for role, color in (("train", "#1f77b4"), ("validation", "#d62728")):
+    colors = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b")
+    for i, role in enumerate(ctx.roles()):
         sel = ctx.split[ctx.split[ctx.role_col] == role]
-        ax.scatter(
-            sel["lon"], sel["lat"], s=3 if role == "train" else 6, c=color, label=f"{role} ({len(sel)})"
-        )
-    region = _region_outline(ctx.run.path)
-    if region is not None:
-        ax.plot(*region, color="black", lw=0.8)
+        size = 3 if role == "train" else 6
+        ax.scatter(sel["lon"], sel["lat"], s=size, c=colors[i % len(colors)], label=f"{role} ({len(sel)})")
+    outline, what = _region_outline(ctx)
+    if outline is not None:
+        ax.plot(*outline, color="black", lw=0.8, label=what)
     ax.set_xlabel("longitude")
     ax.set_ylabel("latitude")
     ax.legend(loc="best", fontsize=8)
     ax.set_aspect(1 / np.cos(np.deg2rad(ctx.split["lat"].mean())))
     return _png(fig)
+
+
+def _value_range(values: pd.Series, low: float = 0.0, high: float = 1.0) -> tuple[float, float]:
+    """(lo, hi) of the finite values between two quantiles, widened when (nearly) constant."""
+    finite = values[np.isfinite(values)]
+    if finite.empty:
+        return (0.0, 1.0)
+    lo, hi = float(finite.quantile(low)), float(finite.quantile(high))
+    if hi - lo <= 1e-9 * max(1.0, abs(hi)):
+        return (lo - 0.5, hi + 0.5)
+    return (lo, hi)
 
 
 def _distribution_section(ctx: _Context) -> str:
@@ -153,12 +175,14 @@ def _distribution_section(ctx: _Context) -> str:
     report = json.loads(path.read_text()) if path.is_file() else {}
     split, role = ctx.split, ctx.split[ctx.role_col]
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    bins = np.linspace(0, float(split["target"].quantile(0.995)), 50)
-    ax.hist(split.loc[role == "train", "target"], bins=bins, density=True, alpha=0.5, label="training")
-    val_y = split.loc[role == "validation", "target"]
-    if len(val_y):
-        ax.hist(val_y, bins=bins, density=True, alpha=0.5, label="validation")
-    ax.set_xlabel(f"target ({ctx.unit})")
+    n_bins = int(np.clip(len(split) // 4, 10, 50))
+    bins = np.linspace(*_value_range(split["target"], 0.005, 0.995), n_bins)  # the data's range, not from 0
+    for name in ctx.roles():
+        values = split.loc[role == name, "target"]
+        if len(values):
+            label = "training" if name == "train" else name
+            ax.hist(values, bins=bins, density=True, alpha=0.5, label=f"{label} ({len(values)})")
+    ax.set_xlabel(f"{ctx.target} ({ctx.unit})")
     ax.legend()
     body = _png(fig)
     if "ks_pvalue" in report:
@@ -200,14 +224,19 @@ def _scatter_section(ctx: _Context) -> str:
     pred = ctx.run.load_predictions(s.best_run)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
     axes[0].scatter(pred["observed"], pred["predicted"], s=5, alpha=0.5)
-    lo = float(min(pred["observed"].min(), pred["predicted"].min()))
-    hi = float(max(pred["observed"].max(), pred["predicted"].max()))
-    axes[0].plot([lo, hi], [lo, hi], color="black", lw=1)
-    axes[0].set_xlabel(f"observed ({unit})")
-    axes[0].set_ylabel(f"predicted ({unit})")
+    lo, hi = _value_range(pd.concat([pred["observed"], pred["predicted"]]))
+    pad = 0.04 * (hi - lo)
+    lo, hi = lo - pad, hi + pad  # the data's range (a pH axis does not start at 0)
+    axes[0].plot([lo, hi], [lo, hi], color="black", lw=1, label="1:1")
+    axes[0].set_xlim(lo, hi)
+    axes[0].set_ylim(lo, hi)
+    axes[0].set_aspect("equal")
+    axes[0].set_xlabel(f"observed {ctx.target} ({unit})")
+    axes[0].set_ylabel(f"predicted {ctx.target} ({unit})")
     axes[1].scatter(pred["predicted"], pred["observed"] - pred["predicted"], s=5, alpha=0.5)
     axes[1].axhline(0, color="black", lw=1)
-    axes[1].set_xlabel(f"predicted ({unit})")
+    axes[1].set_xlim(lo, hi)
+    axes[1].set_xlabel(f"predicted {ctx.target} ({unit})")
     axes[1].set_ylabel(f"residual observed - predicted ({unit})")
     return f"<p>Best run {s.best_run} ({html.escape(s.model)}), {html.escape(s.evaluated_on)}.</p>" + _png(
         fig
@@ -241,23 +270,72 @@ def _metrics_section(ctx: _Context) -> str:
     return body
 
 
+def _comparison_table(summary: pd.DataFrame) -> str:
+    """Model x metric: the pooled out-of-fold value, with the fold mean ± sd below it."""
+    from socmap.evaluate.tables import LABELS, REPORTED
+
+    metrics = [m for m in REPORTED if summary.loc[summary["metric"] == m, "pooled"].notna().any()]
+    cols = ("model", "metric", "pooled", "mean", "std")
+    values = {
+        (str(model), str(metric)): (float(pooled), float(mean), float(std))
+        for model, metric, pooled, mean, std in zip(*(summary[c] for c in cols), strict=True)
+    }
+
+    def number(value: float) -> str:
+        return f"{value:.3f}" if abs(value) < 100 else f"{value:.4g}"
+
+    def cell(model: str, metric: str) -> str:
+        pooled, mean, std = values[(model, metric)]
+        text = f"<b>{number(pooled)}</b>" if np.isfinite(pooled) else "–"
+        if np.isfinite(mean):
+            spread = f" ± {number(std)}" if np.isfinite(std) else ""
+            text += f'<br><span class="fold">{number(mean)}{spread}</span>'
+        return f"<td>{text}</td>"
+
+    head = "<th>model</th>" + "".join(f"<th>{html.escape(LABELS.get(m, m))}</th>" for m in metrics)
+    rows = "".join(
+        f"<tr><th>{html.escape(str(model))}</th>" + "".join(cell(model, m) for m in metrics) + "</tr>"
+        for model in dict.fromkeys(str(m) for m in summary["model"])
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
 def _comparison_section(cv: Path) -> str:
-    if not (cv / "metrics.md").is_file():
+    summary_path = cv / "metrics_summary.csv"
+    if not summary_path.is_file():
         return "<p>No cross-validation results (run <code>socmap cv</code>).</p>"
-    body = f"<pre>{html.escape((cv / 'metrics.md').read_text())}</pre>"
+    summary = pd.read_csv(summary_path)
+    body = (
+        "<p>Bold: pooled over all out-of-fold predictions (the headline); below: mean ± standard deviation "
+        "over folds.</p>" + _comparison_table(summary)
+    )
+    cv_json = cv / "cv.json"
+    design = json.loads(cv_json.read_text()).get("fold_design", {}) if cv_json.is_file() else {}
+    if design:
+        where = design.get("parameters", {}).get("prediction_region")
+        text = f"Folds: {design.get('design')} ({design.get('folds')} folds, seed {design.get('seed')})"
+        text += f"; prediction points from {where}" if where else ""
+        body += f"<p>{html.escape(text)}.</p>"
     if (cv / "comparison.png").is_file():
         body += _img_file(cv / "comparison.png")
     return body
 
 
-def _map_section(map_path: Path | None) -> str:
+def _map_section(ctx: _Context, map_path: Path | None) -> str:
     if map_path is None:
         return "<p>No map given (run <code>socmap map</code> and pass <code>--map</code>).</p>"
     pngs = [map_path.with_suffix(".png"), map_path.with_name(map_path.stem + "_uncertainty.png")]
     found = [p for p in pngs if p.is_file()]
     if not found:
         raise InputError(f"map {map_path}: no PNG beside it ({pngs[0].name}); was it written by socmap map?")
-    return f"<p>{html.escape(str(map_path))}</p>" + "".join(_img_file(p) for p in found)
+    rows: list[tuple[str, str]] = [("file", str(map_path)), ("target", f"{ctx.target} ({ctx.unit})")]
+    if map_path.is_file():
+        import rasterio
+
+        with rasterio.open(map_path) as src:
+            tags = src.tags()
+        rows += [(k, tags[k]) for k in ("year", "region", "model_kinds", "window") if k in tags]
+    return _table(pd.DataFrame(rows, columns=["", "value"])) + "".join(_img_file(p) for p in found)
 
 
 def build_report(
@@ -284,7 +362,7 @@ def build_report(
         _scatter_section(ctx),
         _metrics_section(ctx),
         _comparison_section(cv),
-        _map_section(Path(map_path) if map_path is not None else None),
+        _map_section(ctx, Path(map_path) if map_path is not None else None),
         f"<pre>{html.escape(ctx.run.config_file.read_text())}</pre>",
     )
     parts = [
@@ -296,22 +374,33 @@ def build_report(
     return target
 
 
-def _region_outline(run: Path) -> tuple[Any, Any] | None:
-    """Exterior ring(s) of the configured region (lon, lat), for the points map."""
-    import yaml
+def _region_outline(ctx: _Context) -> tuple[tuple[Any, Any] | None, str]:
+    """Ring(s) (lon, lat) for the points map and what they are: the configured region (``map.region``, else
+    ``filters.region``), else the covariate grid's extent; never a built-in region."""
+    from socmap.data import GridSpec
+    from socmap.region import grid_footprint, load_region, region_source, to_lonlat
 
-    from socmap.region import load_region
-
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
-    path = cfg.get("filters", {}).get("region")
     try:
-        geom = load_region(path)
-    except InputError:
-        return None
-    polys = list(getattr(geom, "geoms", [geom]))
+        config = ctx.run.load_config()
+        source = region_source(config, config.map.region)
+        if source.path is not None:
+            return _rings(load_region(source.path)), f"region ({source.key})"
+        if ctx.meta is not None and "crs_wkt" in ctx.meta.grid:
+            grid = GridSpec.from_json(ctx.meta.grid)
+        else:
+            from socmap.data import discover_stack
+
+            grid = discover_stack(config).grid
+        return _rings(to_lonlat(grid_footprint(grid), grid.crs)), "covariate grid extent"
+    except (InputError, OSError, ValueError, KeyError):
+        return None, ""
+
+
+def _rings(geom: Any) -> tuple[Any, Any]:
+    """Exterior rings of a (multi)polygon as x and y arrays, rings separated by NaN."""
     xs: list[float] = []
     ys: list[float] = []
-    for poly in polys:
+    for poly in getattr(geom, "geoms", [geom]):
         x, y = poly.exterior.xy
         xs += [*x, np.nan]
         ys += [*y, np.nan]
@@ -319,18 +408,24 @@ def _region_outline(run: Path) -> tuple[Any, Any] | None:
 
 
 def _page(summary: RunSummary, parts: list[str]) -> str:
-    best = summary.best.metrics
+    score = summary.mean_of_runs or summary.best.headline
+    best = score.metrics
+    what = (
+        f"mean of {len(summary.runs)} runs, what the map uses"
+        if summary.mean_of_runs is not None
+        else f"run {summary.best_run}"
+    )
     title = f"socmap report: {summary.name}"
     nav = " | ".join(f'<a href="#{s.lower().replace(" ", "-")}">{s}</a>' for s in SECTIONS)
     style = (
         "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
         "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-        "th{background:#f3f3f3}img{max-width:100%}.warn{color:#a35d00;font-weight:600}pre{background:#f7f7f7;"
+        "th{background:#f3f3f3}img{max-width:100%}.fold{color:#666;font-size:85%}.warn{color:#a35d00;font-weight:600}pre{background:#f7f7f7;"
         "padding:1em;overflow:auto;font-size:12px}"
     )
     head = (
-        f"<h1>{html.escape(title)}</h1><p>Validation R² {best['r2']:.3f}, "
-        f"RMSE {best['rmse']:.3g}, ME {best['me']:+.3g}, CCC {best['ccc']:.3f} (best run {summary.best_run}, "
+        f"<h1>{html.escape(title)}</h1><p>{html.escape(score.evaluated_on)}: R² {best['r2']:.3f}, "
+        f"RMSE {best['rmse']:.3g}, ME {best['me']:+.3g}, CCC {best['ccc']:.3f} ({html.escape(what)}; "
         f"model {html.escape(summary.model)}). "
         f"socmap {__version__}.</p><nav>{nav}</nav>"
     )

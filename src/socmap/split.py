@@ -40,12 +40,16 @@ __all__ = [
     "DistanceSplit",
     "KNNDMKFold",
     "RandomKFold",
+    "RandomSplit",
     "SpatialBlockKFold",
+    "SpatialBlockSplit",
     "haversine_km",
+    "holdout_splitter",
     "location_groups",
     "make_splitter",
     "split_report",
     "splitter_for",
+    "suggest_block_size_km",
 ]
 
 EARTH_RADIUS_KM = 6371.0088  # mean Earth radius (IUGG)
@@ -160,6 +164,22 @@ def _balanced_folds(units: IntArray, n_splits: int, rng: np.random.Generator) ->
     return fold_of_unit
 
 
+def _fill_holdout(sizes: IntArray, target_n: int, rng: np.random.Generator) -> tuple[NDArray[np.bool_], int]:
+    """Units (sizes in samples) visited in random order, each held out while the count stays <= target_n.
+
+    Returns the held-out mask per unit and the held-out sample count.
+    """
+    chosen = np.zeros(sizes.size, dtype=bool)
+    count = 0
+    for c in rng.permutation(sizes.size):
+        if count + sizes[c] <= target_n:
+            chosen[c] = True
+            count += int(sizes[c])
+            if count == target_n:
+                break
+    return chosen, count
+
+
 def _check_int(name: str, value: object, minimum: int) -> int:
     if not isinstance(value, numbers.Integral) or isinstance(value, bool) or int(value) < minimum:
         raise InputError(f"{name} {value!r}: expected an integer >= {minimum}")
@@ -190,6 +210,66 @@ def _local_xy(lon: FloatArray, lat: FloatArray) -> tuple[FloatArray, FloatArray]
     aeqd = f"+proj=aeqd +lat_0={lat0:.8f} +lon_0={lon0:.8f} +datum=WGS84 +units=m +no_defs"
     x, y = Transformer.from_crs("EPSG:4326", aeqd, always_xy=True).transform(lon, lat)
     return np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+
+
+def _block_labels(xa: FloatArray, ya: FloatArray, block_size_km: float) -> IntArray:
+    """Block id per point (0..k-1) of square cells of ``block_size_km`` starting at the points' south-west
+    corner (x, y in metres)."""
+    size_m = block_size_km * 1000.0
+    cells = np.column_stack(
+        [
+            np.floor((xa - xa.min()) / size_m).astype(np.int64),
+            np.floor((ya - ya.min()) / size_m).astype(np.int64),
+        ]
+    )
+    _, labels = np.unique(cells, axis=0, return_inverse=True)
+    return np.asarray(labels, dtype=np.intp).reshape(-1)
+
+
+def _round_down(value: float) -> float:
+    """``value`` rounded down to two significant digits (0.917 -> 0.91)."""
+    step = 10.0 ** (math.floor(math.log10(value)) - 1)
+    return math.floor(value / step + 1e-9) * step
+
+
+def suggest_block_size_km(lon: ArrayLike, lat: ArrayLike, n_blocks: int) -> float | None:
+    """A block edge in km that cuts the samples into at least ``n_blocks`` non-empty blocks.
+
+    Starts from the samples' extent (the longer side of their bounding box in a local equidistant projection)
+    divided by sqrt(``n_blocks``), rounded down to two digits, and shrinks it until the blocks are enough
+    (clustered samples leave many blocks empty). None when all samples lie at one place.
+
+    Args:
+        lon: longitudes in degrees.
+        lat: latitudes in degrees.
+        n_blocks: the number of non-empty blocks wanted (e.g. 3 per fold).
+    """
+    lo, la = np.asarray(lon, np.float64).reshape(-1), np.asarray(lat, np.float64).reshape(-1)
+    xa, ya = _local_xy(lo, la)
+    extent_km = max(float(np.ptp(xa)), float(np.ptp(ya))) / 1000.0
+    if extent_km <= 0:
+        return None
+    size = _round_down(extent_km / math.sqrt(max(n_blocks, 1)))
+    for _ in range(30):
+        if int(_block_labels(xa, ya, size).max()) + 1 >= n_blocks:
+            return size
+        size = _round_down(size / 1.5)
+    return None
+
+
+def _extent_km(lon: FloatArray, lat: FloatArray) -> tuple[float, float]:
+    xa, ya = _local_xy(lon, lat)
+    return float(np.ptp(xa)) / 1000.0, float(np.ptp(ya)) / 1000.0
+
+
+def _block_advice(lon: FloatArray, lat: FloatArray, wanted: int, needed: int) -> str:
+    """'the samples span W x H km: use block_size_km S or smaller' (S gives >= ``wanted`` blocks, else
+    >= ``needed``)."""
+    w, h = _extent_km(lon, lat)
+    size = suggest_block_size_km(lon, lat, wanted) or suggest_block_size_km(lon, lat, needed)
+    if size is None:
+        return f"the samples span {w:.2g} x {h:.2g} km: too small an area for spatial blocks"
+    return f"the samples span {w:.2g} x {h:.2g} km: use block_size_km {size:g} or smaller"
 
 
 def _sorted(idx: NDArray[Any]) -> IntArray:
@@ -285,15 +365,7 @@ class DistanceSplit(_SpatialCV):
         sizes = np.bincount(comp)
         target_n = min(max(1, round(self.val_ratio * n)), n - 1)
         for i in range(self.n_splits):
-            rng = np.random.default_rng(self.seed + i)
-            chosen = np.zeros(sizes.size, dtype=bool)
-            count = 0
-            for c in rng.permutation(sizes.size):
-                if count + sizes[c] <= target_n:
-                    chosen[c] = True
-                    count += int(sizes[c])
-                    if count == target_n:
-                        break
+            chosen, count = _fill_holdout(sizes, target_n, np.random.default_rng(self.seed + i))
             if count < (1.0 - self.tolerance) * target_n:
                 raise InputError(
                     f"min_distance_km {self.min_distance_km}: the validation set reaches only "
@@ -334,8 +406,11 @@ def split_report(
     *,
     unit: str = "",
     alpha: float = 0.05,
+    held_out: str = "validation",
 ) -> dict[str, Any]:
     """Sizes, achieved train/validation distance, target summaries and a KS test of a hold-out split.
+
+    ``held_out`` names the held-out side in the warning (``socmap train`` calls it the test set).
 
     ``min_distance_km`` is the smallest great-circle distance from any validation sample to its nearest
     training sample (BallTree nearest neighbour, independent of how the split was made). ``warning`` is a
@@ -364,7 +439,7 @@ def split_report(
             how = "distributed differently from"
         u = f" {unit}" if unit else ""
         warning = (
-            f"validation targets are {how} training (median {val_s['median']:.3g} vs "
+            f"{held_out} targets are {how} training (median {val_s['median']:.3g} vs "
             f"{train_s['median']:.3g}{u}, KS p={ks.pvalue:.2g})"
         )
     n = tr.size + va.size
@@ -410,17 +485,7 @@ class SpatialBlockKFold(_SpatialCV):
         return self._blocks(lon, lat)
 
     def _blocks(self, lon: FloatArray, lat: FloatArray) -> IntArray:
-        xa, ya = _local_xy(lon, lat)
-        size_m = self.block_size_km * 1000.0
-        # the grid starts at the data's projected south-west corner
-        cells = np.column_stack(
-            [
-                np.floor((xa - xa.min()) / size_m).astype(np.int64),
-                np.floor((ya - ya.min()) / size_m).astype(np.int64),
-            ]
-        )
-        _, labels = np.unique(cells, axis=0, return_inverse=True)
-        return np.asarray(labels, dtype=np.intp).reshape(-1)
+        return _block_labels(*_local_xy(lon, lat), self.block_size_km)
 
     def _split(self, lon: FloatArray, lat: FloatArray, groups: IntArray) -> Iterator[Split]:
         units = _merge_labels(self._blocks(lon, lat), groups)
@@ -428,8 +493,8 @@ class SpatialBlockKFold(_SpatialCV):
         if n_units < self.n_splits:
             raise InputError(
                 f"n_splits {self.n_splits}: the data cover only {n_units} non-empty blocks of "
-                f"{self.block_size_km} km; expected at least as many blocks as folds "
-                "(use a smaller block_size_km)"
+                f"{self.block_size_km} km; expected at least as many blocks as folds; "
+                f"{_block_advice(lon, lat, 3 * self.n_splits, self.n_splits)} (about 3 blocks per fold), or fewer folds"
             )
         fold = _balanced_folds(units, self.n_splits, np.random.default_rng(self.seed))[units]
         for f in range(self.n_splits):
@@ -598,6 +663,117 @@ class KNNDMKFold(_SpatialCV):
         for f in range(self.n_splits):
             test = fold == f
             yield _sorted(np.flatnonzero(~test)), _sorted(np.flatnonzero(test))
+
+
+# ---------------------------------------------------------------------------------- hold-outs of val_ratio
+
+
+class _HoldOut(_SpatialCV):
+    """One (or ``n_splits`` differently seeded) hold-out of about ``val_ratio`` of the samples, made of whole
+    units (subclasses define the units); units are visited in a seeded random order and held out while the
+    count stays <= round(val_ratio x n)."""
+
+    what = "units"
+
+    def __init__(self, val_ratio: float, seed: int, n_splits: int, tolerance: float) -> None:
+        self.val_ratio = _check_fraction("val_ratio", val_ratio)
+        self.seed = _check_int("seed", seed, 0)
+        self.n_splits = _check_int("n_splits", n_splits, 1)
+        self.tolerance = _check_fraction("tolerance", tolerance)
+
+    def get_n_splits(self, X: Any = None, y: Any = None, groups: Any = None) -> int:
+        """Number of (independent, differently seeded) hold-outs."""
+        return self.n_splits
+
+    def _units(self, lon: FloatArray, lat: FloatArray, groups: IntArray) -> IntArray:
+        raise NotImplementedError
+
+    def _short(self, lon: FloatArray, lat: FloatArray, sizes: IntArray, count: int) -> str:
+        n = lon.size
+        return (
+            f"val_ratio {self.val_ratio}: whole {self.what} reach only {count / n:.3f} of the samples "
+            f"({sizes.size} {self.what}, the largest holding {int(sizes.max())} of {n} samples)"
+        )
+
+    def _split(self, lon: FloatArray, lat: FloatArray, groups: IntArray) -> Iterator[Split]:
+        n = lon.size
+        if n < 2:
+            raise InputError(f"{n} sample: expected at least 2 samples for a hold-out split")
+        units = self._units(lon, lat, groups)
+        sizes = np.bincount(units)
+        target_n = min(max(1, round(self.val_ratio * n)), n - 1)
+        for i in range(self.n_splits):
+            chosen, count = _fill_holdout(sizes, target_n, np.random.default_rng(self.seed + i))
+            if count < (1.0 - self.tolerance) * target_n:
+                raise InputError(self._short(lon, lat, sizes, count))
+            held = chosen[units]
+            yield _sorted(np.flatnonzero(~held)), _sorted(np.flatnonzero(held))
+
+
+class RandomSplit(_HoldOut):
+    """Random hold-out of about ``val_ratio`` of the samples, grouped by location (repeat visits stay on one
+    side): the non-spatial baseline of ``socmap train``'s hold-out. Nearby locations can be on both sides."""
+
+    what = "locations"
+
+    def __init__(
+        self, val_ratio: float = 0.08, seed: int = 0, n_splits: int = 1, tolerance: float = 0.05
+    ) -> None:
+        super().__init__(val_ratio, seed, n_splits, tolerance)
+
+    def _units(self, lon: FloatArray, lat: FloatArray, groups: IntArray) -> IntArray:
+        return groups
+
+
+class SpatialBlockSplit(_HoldOut):
+    """Hold-out of whole square blocks of ``block_size_km`` (as :class:`SpatialBlockKFold` draws them)
+    amounting to about ``val_ratio`` of the samples; blocks are lumpy, so the share may fall short of
+    ``val_ratio`` by up to ``tolerance`` (relative) before an InputError suggests a smaller block."""
+
+    what = "blocks"
+
+    def __init__(
+        self,
+        val_ratio: float = 0.08,
+        block_size_km: float = 10.0,
+        seed: int = 0,
+        n_splits: int = 1,
+        tolerance: float = 0.25,
+    ) -> None:
+        super().__init__(val_ratio, seed, n_splits, tolerance)
+        self.block_size_km = _check_positive("block_size_km", block_size_km)
+
+    def _units(self, lon: FloatArray, lat: FloatArray, groups: IntArray) -> IntArray:
+        return _merge_labels(_block_labels(*_local_xy(lon, lat), self.block_size_km), groups)
+
+    def _short(self, lon: FloatArray, lat: FloatArray, sizes: IntArray, count: int) -> str:
+        wanted = math.ceil(3 / self.val_ratio)  # about three blocks in the hold-out
+        advice = _block_advice(lon, lat, wanted, math.ceil(1 / self.val_ratio))
+        return f"block_size_km {self.block_size_km}: {super()._short(lon, lat, sizes, count)}; {advice}"
+
+
+def holdout_splitter(split: SplitConfig, seed: int, method: str | None = None) -> _SpatialCV:
+    """The one hold-out of about ``split.val_ratio`` of the samples that ``socmap train`` draws for its test
+    set and a deep model for its early-stopping set (from its training rows), by ``split.method``.
+
+    ``distance-split``: :class:`DistanceSplit` (``split.distance_km``); ``random``: :class:`RandomSplit`
+    (whole locations); ``spatial-block``: :class:`SpatialBlockSplit` (whole blocks of ``split.block_size_km``);
+    ``buffered`` (a cross-validation design) falls back to ``distance-split``. ``split.folds`` is not used:
+    it is the number of folds of ``socmap cv``.
+
+    Args:
+        split: the ``split`` config section.
+        seed: seed of the hold-out.
+        method: the design (default ``split.method``).
+    """
+    method = method or split.method
+    if method in ("distance-split", "buffered"):
+        return DistanceSplit(val_ratio=split.val_ratio, min_distance_km=split.distance_km, seed=seed)
+    if method == "random":
+        return RandomSplit(val_ratio=split.val_ratio, seed=seed)
+    if method == "spatial-block":
+        return SpatialBlockSplit(val_ratio=split.val_ratio, block_size_km=split.block_size_km, seed=seed)
+    raise InputError(f"split.method {method!r}: expected distance-split, random, spatial-block or buffered")
 
 
 # --------------------------------------------------------------------------------------------- registry

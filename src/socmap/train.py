@@ -1,10 +1,17 @@
-"""The ``train`` stage: split, fit any registered model kind several times, score, keep the best, write a run.
+"""The ``train`` stage: hold out a test set, fit any registered model kind several times, score, write a run.
 
-``train(config, out)`` prepares (or reuses) the windows, draws the validation split of ``split.method``, fits
-``train.num_runs`` models of kind ``train.model`` with seeds ``seed .. seed+N-1`` through the model interface
-(:mod:`socmap.models`), scores each on the original scale, and writes the run folder laid out by
-:class:`~socmap.runfolder.RunFolder`; the best run by validation R² becomes the folder's model. The stage
-knows no model kind: a kind registered later trains, maps and reports without a change here.
+``train(config, out)`` prepares (or reuses) the windows, holds out a test set of about ``split.val_ratio`` of
+the samples with ``split.method`` (:func:`socmap.split.holdout_splitter`), fits ``train.num_runs`` models of
+kind ``train.model`` with seeds ``seed .. seed+N-1`` on the rest through the model interface
+(:mod:`socmap.models`), and writes the run folder laid out by :class:`~socmap.runfolder.RunFolder`.
+
+The test set is never seen before scoring: a model that early-stops (the CNN-LSTM) carves its early-stopping
+set out of the training rows itself, and the run kept as the folder's model is chosen by the early-stopping
+R² (deep models) or is run 0 (kinds without one), never by the test score. Every score is labelled
+(:class:`~socmap.runfolder.Score`): the held-out test set (the headline), the early-stopping set, the training
+fit, and the test score of the runs' mean prediction, which is what ``socmap map`` and ``predict`` use. With
+``train.use_validation: false`` there is no test set and the only score is the training fit (not a
+validation). The stage knows no model kind: a kind registered later trains, maps and reports unchanged.
 """
 
 from __future__ import annotations
@@ -23,14 +30,34 @@ from socmap._atomic import atomic_file, check_output_dir, write_json
 from socmap.config import SocmapConfig
 from socmap.errors import InputError, OutputError
 from socmap.metrics import interval_metrics, regression_metrics
-from socmap.models import FitData, create_model, load_model, read_rows, save_model
-from socmap.runfolder import AGGREGATED, RunFolder, RunMetrics, RunSummary
+from socmap.models import FitData, SocModel, create_model, load_model, read_rows, save_model
+from socmap.runfolder import (
+    AGGREGATED,
+    EARLY_STOPPING,
+    MEAN_OF_RUNS,
+    TEST,
+    TRAINING_FIT,
+    RunFolder,
+    RunMetrics,
+    RunSummary,
+    Score,
+)
 from socmap.sampling import BalancedSampler, balance_report
-from socmap.split import split_report, splitter_for
+from socmap.split import holdout_splitter, split_report
 from socmap.synth import known_r2_ceiling
 from socmap.windows import PreparedData, prepare
 
-__all__ = ["MIN_SAMPLES", "RunResult", "SplitPlan", "TrainResult", "fit_run", "make_split", "train"]
+__all__ = [
+    "MIN_SAMPLES",
+    "RunResult",
+    "SplitPlan",
+    "TrainResult",
+    "early_stopping_score",
+    "fit_run",
+    "make_split",
+    "select_run",
+    "train",
+]
 
 MIN_SAMPLES = 20
 INTERVAL_LEVELS = (0.05, 0.5, 0.95)
@@ -39,11 +66,16 @@ EpochHook = Callable[[int, int, dict[str, float]], None]
 
 @dataclass
 class SplitPlan:
-    """Training and validation sample indices of one run, and the split's report (written as JSON)."""
+    """Training and held-out test sample indices of one run, and the split's report (written as JSON)."""
 
     train: NDArray[np.int64]
-    val: NDArray[np.int64]
+    test: NDArray[np.int64]
     report: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def val(self) -> NDArray[np.int64]:
+        """Deprecated name of :attr:`test`."""
+        return self.test
 
 
 @dataclass
@@ -59,7 +91,7 @@ class RunResult:
 
 @dataclass
 class TrainResult:
-    """All runs, the typed summary (``metrics.json``) and the best run (kept as the run folder's model)."""
+    """All runs, the typed summary (``metrics.json``) and the run kept as the folder's model."""
 
     out: Path
     runs: list[RunResult]
@@ -68,31 +100,41 @@ class TrainResult:
 
 
 def make_split(config: SocmapConfig, data: PreparedData, seed: int) -> SplitPlan:
-    """The validation split of the config's method (k-fold methods: the first fold is validation)."""
+    """The held-out test set: about ``split.val_ratio`` of the samples by ``split.method`` (whole locations,
+    blocks or distance clusters; :func:`socmap.split.holdout_splitter`); none with ``train.use_validation``
+    false.
+
+    Args:
+        config: the configuration (``split``, ``train.use_validation``).
+        data: the prepared samples.
+        seed: seed of the split.
+    """
     n = len(data.samples)
     if not config.train.use_validation:
-        return SplitPlan(
-            np.arange(n), np.empty(0, np.int64), {"note": "no validation (use_validation false)"}
+        note = (
+            "no test set (train.use_validation false): the only score is the training fit, not a validation"
         )
-    method = config.split.method
+        return SplitPlan(np.arange(n), np.empty(0, np.int64), {"note": note})
+    method, ratio = config.split.method, config.split.val_ratio
     if method == "buffered":
         raise InputError(
-            f"split.method {method!r} cannot give one validation set for training; "
+            f"split.method {method!r} cannot give one test set for training; "
             "use distance-split, spatial-block or random (buffered is for `socmap cv`)"
         )
-    splitter = splitter_for(
-        config.split, method, 1 if method == "distance-split" else config.split.folds, seed
-    )
     coords = data.samples[["lon", "lat"]]
-    train_idx, val_idx = next(iter(splitter.split(coords, data.target)))
-    if len(val_idx) < 5 or len(train_idx) < 10:
+    try:
+        train_idx, test_idx = next(iter(holdout_splitter(config.split, seed).split(coords, data.target)))
+    except InputError as exc:
+        raise InputError(f"split.method {method} with split.val_ratio {ratio}: {exc}") from None
+    if len(test_idx) < 5 or len(train_idx) < 10:
         raise InputError(
-            f"split {method} gave {len(train_idx)} training and {len(val_idx)} validation samples: too few; "
-            "use more samples, a larger split.val_ratio, or --no_validation"
+            f"split {method} gave {len(train_idx)} training and {len(test_idx)} test samples: too few; "
+            "use more samples, a larger split.val_ratio, or train.use_validation: false"
         )
-    report = split_report(coords, data.target, train_idx, val_idx, unit=data.meta.target.unit)
-    report["method"] = method
-    return SplitPlan(np.asarray(train_idx, np.int64), np.asarray(val_idx, np.int64), report)
+    unit = data.meta.target.unit
+    report = split_report(coords, data.target, train_idx, test_idx, unit=unit, held_out="test")
+    report |= {"method": method, "held_out": "test", "val_ratio_requested": ratio}
+    return SplitPlan(np.asarray(train_idx, np.int64), np.asarray(test_idx, np.int64), report)
 
 
 def _prediction_table(
@@ -115,6 +157,46 @@ def _prediction_table(
     return table
 
 
+def _score_rows(
+    model: SocModel, data: PreparedData, rows: NDArray[np.int64], label: str
+) -> tuple[Score, pd.DataFrame]:
+    """The model's predictions of ``rows`` (with Q05/Q50/Q95 where it gives them) and their score."""
+    point, quantiles = model.predict_with_quantiles(read_rows(data.windows, rows), INTERVAL_LEVELS)
+    table = _prediction_table(data, rows, point, quantiles)
+    intervals = (
+        interval_metrics(table["observed"], table["q05"], table["q95"], 0.9)
+        if quantiles is not None
+        else None
+    )
+    return Score(label, regression_metrics(table["observed"], table["predicted"]), intervals), table
+
+
+def _training_fit(model: SocModel, data: PreparedData, rows: NDArray[np.int64]) -> Score:
+    """Point metrics of the model on the rows it was given to fit (not a validation)."""
+    point = model.predict(read_rows(data.windows, rows))
+    return Score(TRAINING_FIT, regression_metrics(data.target[rows], point))
+
+
+def early_stopping_score(history: pd.DataFrame, best_epoch: int) -> Score | None:
+    """The early-stopping set's metrics at the epoch kept, from the training history (``val_*`` columns are
+    the early-stopping set's); None for models that do not early-stop.
+
+    Args:
+        history: the run's ``history.csv``.
+        best_epoch: the epoch whose weights were kept.
+    """
+    if "val_r2" not in history.columns or best_epoch < 0:
+        return None
+    rows = (
+        history[history["epoch"] == best_epoch] if "epoch" in history.columns else history.iloc[[best_epoch]]
+    )
+    if rows.empty:
+        return None
+    row = rows.iloc[0]
+    names = {"val_r2": "r2", "val_rmse": "rmse", "val_mae": "mae", "val_loss": "loss"}
+    return Score(EARLY_STOPPING, {new: float(row[old]) for old, new in names.items() if old in row.index})
+
+
 def fit_run(
     config: SocmapConfig,
     data: PreparedData,
@@ -124,13 +206,16 @@ def fit_run(
     progress: Callable[[int, dict[str, float]], None] | None = None,
     stop_after_epoch: int | None = None,
 ) -> RunResult:
-    """Fit one model of kind ``train.model`` (resuming a deep model from ``folder/checkpoint.pt``), save it and
-    its scores into ``folder``.
+    """Fit one model of kind ``train.model`` on ``plan.train`` (resuming a deep model from
+    ``folder/checkpoint.pt``), save it and its labelled scores into ``folder``.
+
+    The model never sees ``plan.test``: no monitoring rows are given, so a model that early-stops carves its
+    early-stopping set out of ``plan.train``.
 
     Args:
         config: the run's configuration.
         data: the prepared windows.
-        plan: training and validation rows.
+        plan: training and held-out test rows.
         run: run number (seed = ``train.seed + run``).
         folder: the run's model folder.
         progress: called after every epoch of an iterative model.
@@ -140,11 +225,12 @@ def fit_run(
     folder.mkdir(parents=True, exist_ok=True)
     model = create_model(config.train.model, config)
     model.model_id = f"{config.name}-{config.train.model}-run{run}-seed{seed}"
+    no_rows = np.empty(0, np.int64)  # never the test rows: an early-stopping model carves its own
     fit_data = FitData(
         data.windows,
         data.target,
         plan.train,
-        plan.val,
+        no_rows,
         data.meta.input_spec(),
         data.coords,
         data.sigma(),
@@ -155,23 +241,16 @@ def fit_run(
     )
     info = model.fit(fit_data)
     save_model(model, folder)
-    has_val = plan.val.size > 0
-    rows = plan.val if has_val else plan.train
-    point, quantiles = model.predict_with_quantiles(read_rows(data.windows, rows), INTERVAL_LEVELS)
-    table = _prediction_table(data, rows, point, quantiles)
-    metrics = RunMetrics(
-        run=run,
-        seed=seed,
-        model=model.kind,
-        evaluated_on="validation" if has_val else "training (no validation held out)",
-        metrics=regression_metrics(table["observed"], table["predicted"]),
-        fit={k: v for k, v in info.to_json().items() if k != "warnings"},
-        intervals=interval_metrics(table["observed"], table["q05"], table["q95"], 0.9)
-        if quantiles is not None
-        else None,
-        warnings=info.warnings,
-    )
     history = pd.DataFrame(info.history)
+    fit = {k: v for k, v in info.to_json().items() if k != "warnings"}
+    if plan.test.size:
+        test, table = _score_rows(model, data, plan.test, TEST)
+        training = _training_fit(model, data, plan.train)
+    else:
+        test = None
+        training, table = _score_rows(model, data, plan.train, TRAINING_FIT)
+    es = early_stopping_score(history, info.best_epoch)
+    metrics = RunMetrics(run, seed, model.kind, test, training, es, fit, info.warnings)
     RunFolder.save_run_files(folder, metrics, history, table)
     (folder / "checkpoint.pt").unlink(missing_ok=True)
     return RunResult(run, seed, folder, metrics, history)
@@ -219,12 +298,13 @@ def _open_run_folder(folder: RunFolder, config: SocmapConfig, resume: bool, over
 
 
 def _write_split(folder: RunFolder, config: SocmapConfig, data: PreparedData, plans: list[SplitPlan]) -> None:
-    """``split.csv`` (role of every sample, per run when splits vary), ``split_report.json``, balance report."""
+    """``split.csv`` (role of every sample: train / test, per run when splits vary), ``split_report.json``,
+    balance report."""
     n, vary = len(data.samples), config.train.vary_split
     table = data.samples[["sample_id", "time", "lon", "lat", "target"]].copy()
     for i, plan in enumerate(plans if vary else plans[:1]):
         role = np.full(n, "unused", dtype=object)
-        role[plan.train], role[plan.val] = "train", "validation"
+        role[plan.train], role[plan.test] = "train", "test"
         table[f"role_run{i}" if vary else "role"] = role
     with atomic_file(folder.split_file) as tmp:
         table.to_csv(tmp, index=False)
@@ -241,6 +321,81 @@ def _write_split(folder: RunFolder, config: SocmapConfig, data: PreparedData, pl
         write_json(folder.balance_report_file, balance_report(y, sampler.indices(0)))
 
 
+def select_run(runs: list[RunMetrics]) -> tuple[int, str]:
+    """The run kept as the folder's model, and why: the highest early-stopping R² when every run has one
+    (models that early-stop), else run 0. The test set is never looked at.
+
+    Args:
+        runs: every run's metrics, by run number.
+    """
+    scores = [r.early_stopping.metrics.get("r2", np.nan) if r.early_stopping else np.nan for r in runs]
+    if len(runs) == 1:
+        return 0, "run 0: the only run"
+    if all(np.isfinite(scores)):
+        best = int(np.argmax(scores))
+        return best, (
+            f"run {best}: highest early-stopping R² ({scores[best]:.3f}) of {len(runs)} runs "
+            "(the test set is never used to choose)"
+        )
+    return 0, (
+        f"run 0: {runs[0].model} records no early-stopping score to choose by and the test set is never "
+        f"used to choose, so the first run is kept (map and predict use the mean of all {len(runs)} runs)"
+    )
+
+
+def _mean_of_runs(data: PreparedData, runs: list[RunResult], plans: list[SplitPlan]) -> Score | None:
+    """The runs' mean prediction (what map and predict use) scored on the rows held out in every run."""
+    common = plans[0].test
+    for plan in plans[1:]:
+        common = np.intersect1d(common, plan.test)
+    if common.size < 5:
+        return None
+    predictions = []
+    for run, plan in zip(runs, plans, strict=True):
+        table = pd.read_csv(RunFolder.predictions_file(run.folder))
+        if len(table) != plan.test.size:  # an interrupted run folder of another version
+            return None
+        order = np.argsort(plan.test, kind="stable")  # rows of `common`, in its (sorted) order
+        keep = order[np.isin(plan.test[order], common)]
+        predictions.append(table["predicted"].to_numpy(np.float64)[keep])
+    label = (
+        MEAN_OF_RUNS if common.size == plans[0].test.size else f"{MEAN_OF_RUNS} (rows held out in every run)"
+    )
+    return Score(label, regression_metrics(data.target[common], np.mean(predictions, axis=0)))
+
+
+def _fit_runs(
+    config: SocmapConfig,
+    data: PreparedData,
+    folder: RunFolder,
+    plans: list[SplitPlan],
+    on_epoch: EpochHook | None,
+) -> list[RunResult]:
+    """Every run (a run finished before an interruption is loaded, untouched)."""
+    runs: list[RunResult] = []
+    for i in range(config.train.num_runs):
+        run_dir = folder.run_dir(i)
+        if folder.run_is_finished(i):
+            metrics, history = RunFolder.load_run_files(run_dir)
+            runs.append(RunResult(i, metrics.seed, run_dir, metrics, history))
+            continue
+        hook = (lambda e, row, i=i: on_epoch(i, e, row)) if on_epoch is not None else None
+        runs.append(fit_run(config, data, plans[i], i, run_dir, progress=hook))
+    return runs
+
+
+def _prepare(
+    config: SocmapConfig, folder: RunFolder, prepared: str | Path | None, overwrite: bool
+) -> PreparedData:
+    """The run folder's own prepared folder is rebuilt when its inputs changed; a user-given one (``--prepared``)
+    made from another config or other input files is refused unless ``overwrite``."""
+    if prepared is None:
+        data, _ = prepare(config, folder.default_prepared, overwrite=True)
+        return data
+    data, _ = prepare(config, Path(prepared), overwrite=overwrite)
+    return data
+
+
 def train(
     config: SocmapConfig,
     out: str | Path,
@@ -249,15 +404,19 @@ def train(
     overwrite: bool = False,
     on_epoch: EpochHook | None = None,
 ) -> TrainResult:
-    """Train ``train.num_runs`` models of kind ``train.model`` into the run folder ``out``; keep the best.
+    """Train ``train.num_runs`` models of kind ``train.model`` into the run folder ``out`` and score them on a
+    held-out test set none of them saw (see the module docstring).
 
     Args:
         config: the configuration (``resume``: replaced by the run folder's own).
         out: the run folder (see :class:`~socmap.runfolder.RunFolder`).
-        prepared: prepared folder to use or create (default ``out/prepared``).
+        prepared: prepared folder to use or create (default ``out/prepared``, rebuilt when its inputs changed);
+            a given folder made from another config or other input files is refused unless ``overwrite``.
         resume: continue an interrupted run folder (finished runs are kept, a deep run resumes its checkpoint).
-        overwrite: replace a finished socmap run folder (never a foreign folder).
-        on_epoch: called with (run, epoch, history row) after every epoch of an iterative model.
+        overwrite: replace a finished socmap run folder (never a foreign folder) and rebuild a given prepared
+            folder made from another config.
+        on_epoch: called with (run, epoch, history row) after every epoch of an iterative model; the row's
+            ``val_*`` values are the early-stopping set's.
     """
     folder = RunFolder(Path(out))
     config = _open_run_folder(folder, config, resume, overwrite)
@@ -265,8 +424,7 @@ def train(
         import torch
 
         torch.set_num_threads(config.train.threads)
-    prepared_dir = Path(prepared) if prepared is not None else folder.default_prepared
-    data, _ = prepare(config, prepared_dir, overwrite=True)
+    data = _prepare(config, folder, prepared, overwrite)
     n = len(data.samples)
     if n < MIN_SAMPLES:
         raise InputError(f"only {n} samples after filters: too few to train (need at least {MIN_SAMPLES})")
@@ -276,49 +434,40 @@ def train(
         for i in range(tcfg.num_runs)
     ]
     _write_split(folder, config, data, plans)
-    runs: list[RunResult] = []
-    for i in range(tcfg.num_runs):
-        run_dir = folder.run_dir(i)
-        if folder.run_is_finished(i):  # finished before an interruption: untouched
-            metrics, history = RunFolder.load_run_files(run_dir)
-            runs.append(RunResult(i, metrics.seed, run_dir, metrics, history))
-            continue
-        hook = (lambda e, row, i=i: on_epoch(i, e, row)) if on_epoch is not None else None
-        runs.append(fit_run(config, data, plans[i], i, run_dir, progress=hook))
-    best = max(
-        runs, key=lambda r: r.metrics.metrics["r2"] if np.isfinite(r.metrics.metrics["r2"]) else -np.inf
-    )
-    save_model(load_model(best.folder), folder.path)
+    runs = _fit_runs(config, data, folder, plans, on_epoch)
+    best, selection = select_run([r.metrics for r in runs])
+    save_model(load_model(runs[best].folder), folder.path)
+    test_rows = plans[best].test
     ceiling = (
-        known_r2_ceiling(config.resolve(config.samples.path), data.samples, plans[best.run].val)
-        if tcfg.use_validation
+        known_r2_ceiling(config.resolve(config.samples.path), data.samples, test_rows)
+        if test_rows.size
         else None
     )
     summary = RunSummary(
         name=config.name,
         model=tcfg.model,
         n_samples=n,
-        n_train=int(plans[best.run].train.size),
-        n_validation=int(plans[best.run].val.size),
-        n_test=0,
-        evaluated_on=best.metrics.evaluated_on,
+        n_train=int(plans[best].train.size),
+        n_test=int(test_rows.size),
         target=data.meta.target,
-        best_run=best.run,
+        best_run=best,
+        selection=selection,
         runs=[r.metrics for r in runs],
         aggregate=_aggregate(runs),
+        mean_of_runs=_mean_of_runs(data, runs, plans) if test_rows.size else None,
         r2_ceiling=ceiling,
-        split_warning=plans[best.run].report.get("warning"),
+        split_warning=plans[best].report.get("warning"),
         drops=data.meta.drops,
-        prepared_dir=str(prepared_dir.resolve()),
+        prepared_dir=str(data.path.resolve()),
         warnings=[f"run {r.run}: {w}" for r in runs for w in r.metrics.warnings],
     )
-    _scatter(folder.scatter_file, best, config, ceiling)
+    _scatter(folder.scatter_file, runs[best], summary, config)
     folder.save_summary(summary)  # written last: its presence marks a finished run folder
-    return TrainResult(folder.path, runs, best.run, summary)
+    return TrainResult(folder.path, runs, best, summary)
 
 
-def _scatter(path: Path, run: RunResult, config: SocmapConfig, ceiling: float | None) -> None:
-    """Predicted vs observed (original scale) of the best run, with its metrics."""
+def _scatter(path: Path, run: RunResult, summary: RunSummary, config: SocmapConfig) -> None:
+    """Predicted vs observed (original scale) of the folder's model on the test set (else the training fit)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -330,15 +479,18 @@ def _scatter(path: Path, run: RunResult, config: SocmapConfig, ceiling: float | 
     fig, ax = plt.subplots(figsize=(5, 5), dpi=110)
     ax.scatter(table["observed"], table["predicted"], s=6, alpha=0.5, edgecolors="none")
     hi = float(max(table["observed"].max(), table["predicted"].max()))
-    lo = float(min(table["observed"].min(), table["predicted"].min(), 0))
+    lo = float(min(table["observed"].min(), table["predicted"].min()))
     ax.plot([lo, hi], [lo, hi], color="black", lw=1, label="1:1")
     ax.set_xlabel(f"observed {config.samples.target} ({unit})")
     ax.set_ylabel(f"predicted ({unit})")
     text = f"R² {m['r2']:.3f}  RMSE {m['rmse']:.3g}\nME {m['me']:+.3g}  CCC {m['ccc']:.3f}  n {int(m['n'])}"
-    if ceiling is not None:
-        text += f"\nceiling R² {ceiling:.3f}"
+    if summary.mean_of_runs is not None:
+        text += f"\nmean of {len(summary.runs)} runs: R² {summary.mean_of_runs.metrics['r2']:.3f}"
+    if summary.r2_ceiling is not None:
+        text += f"\nceiling R² {summary.r2_ceiling:.3f}"
     ax.text(0.03, 0.97, text, transform=ax.transAxes, va="top", fontsize=8)
-    ax.set_title(f"{config.name}: {run.metrics.model} run {run.run}, {run.metrics.evaluated_on}", fontsize=9)
+    where = "held-out test set" if run.metrics.test is not None else "training fit (not a validation)"
+    ax.set_title(f"{config.name}: {run.metrics.model} run {run.run}, {where}", fontsize=9)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     with atomic_file(path) as tmp:

@@ -14,6 +14,7 @@ and at training and mapping time NaN becomes the training mean of its band and s
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from collections import Counter, defaultdict
@@ -262,6 +263,26 @@ class PreparedData:
         )
 
 
+def _data_hash(config: SocmapConfig) -> str:
+    """Hash of everything that determines the prepared windows, with paths resolved to absolute ones (not
+    the config file's folder): ``RUN/config.yaml`` (absolute paths) hashes as the config it was written from."""
+    keys = ("samples", "filters", "covariates", "windows", "grid")
+    payload = {k: getattr(config, k).model_dump(mode="json") for k in keys}
+    for section, key in (("samples", "path"), ("covariates", "root"), ("filters", "region")):
+        value = getattr(getattr(config, section), key)
+        if value is not None:
+            payload[section][key] = str(config.resolve(Path(value)).resolve())
+    return "v2-" + hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _same_source(old: dict[str, Any], new: dict[str, Any], config: SocmapConfig) -> bool:
+    """Whether a prepared folder's fingerprint is ``new``'s (or, for folders of earlier versions, hashed the
+    older way from the same config) with the same input files."""
+    if old == new:
+        return True
+    return old.get("inputs") == new["inputs"] and old.get("config_hash") == config.data_hash()
+
+
 def _fingerprint(config: SocmapConfig, stack: RasterStack | None = None) -> dict[str, Any]:
     """What the cache depends on: the data config and the size and modification time of every input."""
     files = [config.resolve(config.samples.path)]
@@ -273,7 +294,7 @@ def _fingerprint(config: SocmapConfig, stack: RasterStack | None = None) -> dict
     for f in files:
         st = f.stat()
         stats.append([str(f.resolve()), st.st_size, st.st_mtime_ns])
-    return {"config_hash": config.data_hash(), "inputs": stats}
+    return {"config_hash": _data_hash(config), "inputs": stats}
 
 
 def prepare(
@@ -294,7 +315,7 @@ def prepare(
     meta_path = out / "meta.json"
     if meta_path.is_file():
         old = json.loads(meta_path.read_text())
-        if old.get("fingerprint") == fingerprint:
+        if _same_source(old.get("fingerprint", {}), fingerprint, config):
             return load_prepared(out), True
         if not overwrite:
             raise OutputError(
@@ -399,16 +420,29 @@ def prepare(
 
 
 def _raise_all_outside(frame: pd.DataFrame, grid: GridSpec, config: SocmapConfig) -> None:
+    """One line: where the samples fell and where the rasters are, both in lon/lat (the rasters also in their
+    own CRS), and which config keys read the samples' coordinates."""
     from rasterio.transform import array_bounds
+    from rasterio.warp import transform_bounds
 
     south, west, north, east = array_bounds(grid.height, grid.width, grid.transform)
     lon, lat = frame["lon"], frame["lat"]
-    hint = " Are latitude and longitude swapped, or is samples.crs wrong?"
+    try:
+        w, s, e, n = transform_bounds(grid.crs, "EPSG:4326", west, south, east, north)
+        rasters = f"rasters lon {w:.4g}..{e:.4g}, lat {s:.4g}..{n:.4g} ("
+    except Exception:  # a CRS without a lon/lat transform: the grid's own bounds only
+        rasters = "rasters ("
+    scfg = config.samples
+    read = (
+        f"samples.x / samples.y in samples.crs {scfg.crs}"
+        if scfg.x is not None or scfg.y is not None
+        else f"latitude/longitude columns in samples.crs {scfg.crs}"
+    )
     raise InputError(
-        f"all {len(frame)} samples fall outside the rasters (raster bounds x {west:.6g}..{east:.6g}, "
-        f"y {south:.6g}..{north:.6g} in {grid.crs.to_string()}; "
-        f"samples lon {lon.min():.4g}..{lon.max():.4g}, "
-        f"lat {lat.min():.4g}..{lat.max():.4g}).{hint}"
+        f"all {len(frame)} samples fall outside the rasters: samples lon {lon.min():.4g}..{lon.max():.4g}, "
+        f"lat {lat.min():.4g}..{lat.max():.4g} (read from {read}); {rasters}x {west:.6g}..{east:.6g}, "
+        f"y {south:.6g}..{north:.6g} in {grid.crs.to_string()}). Are latitude and longitude swapped, or is "
+        "samples.crs wrong? (projected sample coordinates go in samples.x / samples.y with their samples.crs)"
     )
 
 

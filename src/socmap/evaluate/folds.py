@@ -4,11 +4,13 @@ written as ``folds.csv``, and described for ``cv.json``."""
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 import numpy as np
 import pandas as pd
+import shapely
 from numpy.typing import NDArray
 
 from socmap.config import CV_DESIGNS, SocmapConfig
@@ -18,16 +20,20 @@ from socmap.windows import PreparedData
 
 __all__ = [
     "N_PREDICTION_POINTS",
+    "PREDICTION_GRID_PIXELS",
     "Fold",
     "FoldDesign",
     "JSONValue",
     "check_design",
+    "draw_prediction_points",
     "folds_table",
     "make_folds",
     "prediction_points",
+    "valid_pixel_points",
 ]
 
 N_PREDICTION_POINTS = 2000
+PREDICTION_GRID_PIXELS = 1000  # kNNDM without a region: the first band is read at most this many px per side
 SINGLE_FOLD_DESIGNS = ("buffered", "distance-split")  # one fold is meaningful (one location / one hold-out)
 
 IntArray = NDArray[np.int64]
@@ -44,7 +50,8 @@ class FoldDesign:
         folds: number of folds generated.
         seed: seed of the folds (``cv.seed``, else ``split.seed``).
         parameters: the splitter's other options (e.g. ``block_size_km``, ``buffer_km``; kNNDM: the number of
-            prediction points and the region they were drawn in).
+            prediction points and where they were drawn, ``prediction_region``: a region file and its config
+            key, or the covariate grid's valid pixels).
         fitted: what the splitter learned while splitting (kNNDM: ``w_``, ``q_``, ``candidates_``).
     """
 
@@ -82,18 +89,36 @@ def check_design(config: SocmapConfig) -> tuple[str, int, int]:
 
 
 def prediction_points(config: SocmapConfig, seed: int, n: int = N_PREDICTION_POINTS) -> NDArray[np.float64]:
-    """``n`` random lon/lat points inside the region to be mapped (``filters.region``, else Bavaria) for kNNDM.
+    """``n`` random lon/lat points of the area to be mapped, for kNNDM (see :func:`draw_prediction_points`).
 
     Args:
-        config: the configuration (``filters.region``).
+        config: the configuration (``map.region``, ``filters.region``, the covariates).
         seed: seed of the points.
         n: number of points.
     """
-    import shapely
+    return draw_prediction_points(config, seed, n)[0]
 
-    from socmap.region import load_region
 
-    region = load_region(config.resolve(config.filters.region) if config.filters.region is not None else None)
+def draw_prediction_points(
+    config: SocmapConfig, seed: int, n: int = N_PREDICTION_POINTS
+) -> tuple[NDArray[np.float64], str]:
+    """``n`` random lon/lat points of the area to be mapped, and where they were drawn.
+
+    The area follows the map's region rule: ``map.region``, else ``filters.region`` (points uniform in the
+    polygon), else the covariates' valid pixels (points uniform among the pixels of the first band that hold
+    data, read decimated to at most ``PREDICTION_GRID_PIXELS`` per side).
+
+    Args:
+        config: the configuration.
+        seed: seed of the points.
+        n: number of points.
+    """
+    from socmap.region import load_region, region_source
+
+    source = region_source(config, config.resolve(config.map.region) if config.map.region else None)
+    if source.path is None:
+        return valid_pixel_points(config, seed, n)
+    region = load_region(source.path)
     minx, miny, maxx, maxy = region.bounds
     rng = np.random.default_rng(seed)
     points: list[NDArray[np.float64]] = []
@@ -103,7 +128,56 @@ def prediction_points(config: SocmapConfig, seed: int, n: int = N_PREDICTION_POI
         cand = cand[shapely.contains_xy(region, cand[:, 0], cand[:, 1])]
         points.append(cand)
         total += len(cand)
-    return np.concatenate(points)[:n]
+    return np.concatenate(points)[:n], f"{source.name} ({source.key})"
+
+
+def valid_pixel_points(
+    config: SocmapConfig, seed: int, n: int = N_PREDICTION_POINTS
+) -> tuple[NDArray[np.float64], str]:
+    """``n`` random lon/lat points among the valid pixels of the stack's first band (no region configured).
+
+    The band is read decimated (at most ``PREDICTION_GRID_PIXELS`` per side, nearest pixel), so memory is
+    bounded whatever the grid's size; each point lies uniformly within a drawn (decimated) pixel.
+
+    Args:
+        config: the configuration (its covariates).
+        seed: seed of the points.
+        n: number of points.
+    """
+    from pyproj import Transformer
+    from rasterio.enums import Resampling
+
+    from socmap.data import discover_stack
+
+    stack = discover_stack(config)
+    band = stack.bands[0]
+    label = None if band in stack.static else stack.time_labels[-1]
+    if (band, label) not in stack.files:
+        label = next(lab for b, lab in stack.files if b == band)
+    grid = stack.grid
+    scale = max(1, math.ceil(max(grid.width, grid.height) / PREDICTION_GRID_PIXELS))
+    shape = (math.ceil(grid.height / scale), math.ceil(grid.width / scale))
+    with stack.open(band, label) as (src, nodata):
+        values = src.read(1, out_shape=shape, resampling=Resampling.nearest, out_dtype="float64")
+    valid = np.isfinite(values)
+    if nodata is not None and not np.isnan(nodata):
+        valid &= values != nodata
+    rows, cols = np.nonzero(valid)
+    where = f"{band}" + (f" {label}" if label is not None else "")
+    if rows.size == 0:
+        raise InputError(
+            f"cv knndm: the covariate {where} ({stack.files[(band, label)]}) has no valid pixel to draw "
+            "prediction points from; set map.region or filters.region"
+        )
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, rows.size, n)
+    step_r, step_c = grid.height / shape[0], grid.width / shape[1]  # grid pixels per decimated pixel
+    r = (rows[pick] + rng.random(n)) * step_r
+    c = (cols[pick] + rng.random(n)) * step_c
+    x, y = grid.transform @ (c, r)
+    lon, lat = Transformer.from_crs(grid.crs, "EPSG:4326", always_xy=True).transform(x, y)
+    source = f"covariate grid valid pixels ({where}, read at 1/{scale} resolution; no map.region / filters.region set)"
+    return np.column_stack([np.asarray(lon, np.float64), np.asarray(lat, np.float64)]), source
 
 
 def _json_value(value: Any) -> JSONValue:
@@ -148,8 +222,7 @@ def make_folds(config: SocmapConfig, data: PreparedData) -> tuple[list[Fold], Fo
     design, n_folds, seed = check_design(config)
     points, region = None, None
     if design == "knndm":
-        points = prediction_points(config, seed)
-        region = str(config.filters.region) if config.filters.region is not None else "default (Bavaria)"
+        points, region = draw_prediction_points(config, seed)
     splitter = splitter_for(config.split, design, n_folds, seed, prediction_points=points)
     try:
         folds = [

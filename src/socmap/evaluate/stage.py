@@ -26,7 +26,7 @@ from socmap.models import FitData, FitInfo, available_models, create_model, read
 from socmap.synth import known_r2_ceiling
 from socmap.windows import PreparedData
 
-__all__ = ["INTERVAL_LEVELS", "SUMMARY_FILE", "CVResult", "check_models", "cross_validate"]
+__all__ = ["INTERVAL_LEVELS", "SUMMARY_FILE", "CVResult", "FoldHook", "check_models", "cross_validate"]
 
 INTERVAL_LEVELS = (0.05, 0.5, 0.95)  # q05..q95: the nominal 90 % interval
 SUMMARY_FILE = "metrics_summary.csv"  # written last: marks a finished cross-validation
@@ -34,6 +34,7 @@ CHECKPOINT = "checkpoint.pt"  # an iterative model's resume file, not needed onc
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 Progress = Callable[[str], None]
+FoldHook = Callable[[str, int, int, float], None]  # (model kind, fold index from 0, number of folds, seconds)
 
 
 @dataclass
@@ -171,7 +172,13 @@ class _Scores:
 
 
 def _score_models(
-    config: SocmapConfig, data: PreparedData, kinds: list[str], folds: list[Fold], out: Path, say: Progress
+    config: SocmapConfig,
+    data: PreparedData,
+    kinds: list[str],
+    folds: list[Fold],
+    out: Path,
+    say: Progress,
+    on_fold: FoldHook | None = None,
 ) -> _Scores:
     """Every kind on every fold: out-of-fold predictions and per-fold metrics."""
     samples_path = config.resolve(config.samples.path)
@@ -193,6 +200,8 @@ def _score_models(
             rows.append(row | {"r2_ceiling": ceilings[k], "seconds": round(fit.seconds, 3)})
             seconds[kind] += fit.seconds
             with_intervals &= fit.quantiles is not None
+            if on_fold is not None:
+                on_fold(kind, k, len(folds), fit.seconds)
         if with_intervals:
             interval_models.append(kind)
     predictions = pd.concat(parts, ignore_index=True)
@@ -252,6 +261,7 @@ def cross_validate(
     *,
     overwrite: bool = False,
     progress: Progress | None = None,
+    on_fold: FoldHook | None = None,
 ) -> CVResult:
     """Cross-validate the kinds of ``cv.models`` on identical folds and write the tables into ``out``.
 
@@ -267,7 +277,10 @@ def cross_validate(
         out: the cross-validation folder; may hold other files (e.g. the prepared folder) but not a finished
             cross-validation unless ``overwrite``.
         overwrite: replace a finished cross-validation in ``out``.
-        progress: called with one line per fold and model.
+        progress: called with one line before each fold of each model (what is being fitted).
+        on_fold: called after each fold of each model with (model kind, fold index from 0, number of folds,
+            seconds the fold's fit and prediction took), in order: every fold of the first kind of
+            ``cv.models``, then the next kind; for a progress bar of ``len(models) x n_folds`` steps.
     """
     kinds = check_models(config)
     out = Path(out)
@@ -285,7 +298,7 @@ def cross_validate(
         import torch
 
         torch.set_num_threads(config.train.threads)
-    scores = _score_models(config, data, kinds, folds, out, say)
+    scores = _score_models(config, data, kinds, folds, out, say, on_fold)
     summary = summarize(scores.per_fold, scores.predictions, set(scores.interval_models))
     tested = np.unique(np.concatenate([test for _, test in folds]))
     ceiling = known_r2_ceiling(config.resolve(config.samples.path), data.samples, tested)

@@ -3,7 +3,8 @@
 :func:`map_soc` is the stage. How it works, one module per step:
 
 - :mod:`~socmap.mapping.plan`: the output grid is the covariate working grid cut to the region's bounding
-  box (optionally to ``map.bbox``) and split into square blocks; a manifest makes a map resumable.
+  box (optionally to ``map.bbox``) and split into square blocks; a manifest makes a map resumable. The region
+  is ``map.region``, else ``filters.region``, else the covariate grid's footprint (never a built-in region).
 - :mod:`~socmap.mapping.members`: every model of the run (any :class:`~socmap.models.SocModel`), loaded
   once per process and made fast with :meth:`~socmap.models.SocModel.for_inference` (TorchScript,
   one-thread forests).
@@ -17,7 +18,8 @@
   std) from the members' own intervals (``model_intervals``), their spread (``ensemble_spread``) or nodata
   (``none``).
 - :mod:`~socmap.mapping.cog` and :mod:`~socmap.mapping.previews`: the assembled COG (float32, nodata -9999,
-  DEFLATE, average overviews, descriptions and tags saying how each band was made) and two PNG previews.
+  DEFLATE, average overviews, descriptions and tags saying how each band was made) and two PNG previews
+  (colour scale: the 2nd-98th percentile of the mapped values; titles name the target and its unit).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from socmap.mapping.blocks import compute_block, predict_members, read_inputs, r
 from socmap.mapping.cog import LUCAS_DEPTH, NODATA, depth_tag, map_tags, write_outputs
 from socmap.mapping.members import cached_member, load_members
 from socmap.mapping.plan import Block, MapJob, MapPlan, open_blocks_dir, parse_bbox, plan_map, png_paths
-from socmap.mapping.previews import PNG_VMAX, render_previews
+from socmap.mapping.previews import ColorLimits, color_limits, render_previews
 from socmap.mapping.schedulers import PixelProgress, ProgressCallback, run_blocks
 from socmap.mapping.uncertainty import (
     BAND_NAMES,
@@ -55,12 +57,14 @@ __all__ = [
     "METHODS",
     "NODATA",
     "Block",
+    "ColorLimits",
     "MapJob",
     "MapPlan",
     "MapResult",
     "ProgressCallback",
     "band_descriptions",
     "cached_member",
+    "color_limits",
     "combine",
     "compute_block",
     "depth_tag",
@@ -100,6 +104,8 @@ class MapResult:
         model_ids: every member's id.
         model_kinds: the members' kinds (e.g. ``qrf`` or ``ensemble of rf+linear``).
         warnings: notes for the user (e.g. another resolution than in training).
+        region: what was mapped: the region file, or ``covariate grid footprint (no map.region /
+            filters.region set)``.
     """
 
     out: Path
@@ -117,6 +123,7 @@ class MapResult:
     model_ids: list[str]
     model_kinds: str
     warnings: list[str]
+    region: str = ""
 
 
 def map_soc(
@@ -128,13 +135,14 @@ def map_soc(
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
     client: Client | None = None,
-    vmax: float = PNG_VMAX,
+    limits: ColorLimits | None = None,
 ) -> MapResult:
     """Map ``map.year`` over the region with every model of ``run_dir``; write ``out`` (COG) and two PNGs.
 
     Args:
         options: the ``map`` section: ``year`` (None only for stacks without temporal bands), ``region``
-            (None: the run config's ``filters.region``, else the embedded Bavaria boundary), ``resolution``,
+            (None: the run config's ``filters.region``, else the covariate grid's footprint, whose pixels
+            without data are nodata), ``resolution``,
             ``bbox`` (grid CRS), ``block_size``, ``batch_size`` and ``scheduler`` (None: this process;
             ``threads`` / ``processes``: Dask's local schedulers; ``tcp://host:port``: that cluster, whose
             workers must see the same file system).
@@ -144,7 +152,8 @@ def map_soc(
         overwrite: replace existing outputs (only once the new ones are complete).
         progress: ``progress(done, total)`` in region pixels.
         client: a connected ``distributed.Client`` to run the blocks on (instead of ``map.scheduler``).
-        vmax: top of the prediction preview's colour scale.
+        limits: (vmin, vmax) of the prediction preview's colour scale; None: the 2nd and 98th percentiles
+            of the mapped values.
     """
     started = time.perf_counter()
     plan = plan_map(options, run_dir, out)
@@ -156,7 +165,7 @@ def map_soc(
     )
     counter.report()
     run_blocks(plan.job, todo, options.scheduler, client, counter)
-    n_mapped = write_outputs(plan, vmax)
+    n_mapped = write_outputs(plan, limits)
     shutil.rmtree(plan.blocks_dir, ignore_errors=True)
     png, uncertainty_png = png_paths(plan.out)
     return MapResult(
@@ -175,4 +184,5 @@ def map_soc(
         model_ids=plan.model_ids,
         model_kinds=model_kinds(plan.members),
         warnings=plan.warnings,
+        region=plan.region_name,
     )

@@ -163,6 +163,8 @@ def compute_block(
     values = np.empty((4, ri.size))
 
     def predict_batch(start: int) -> int:
+        if torch.get_num_threads() != 1:  # a pool thread starts with OpenMP's default thread count
+            torch.set_num_threads(1)
         sel = slice(start, start + job.batch_size)
         windows = _cut_windows(views, ri, ci, sel)
         values[:, sel] = predict_members(members, windows, job.method, job.batch_size)

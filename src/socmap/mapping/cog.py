@@ -18,7 +18,7 @@ from socmap import __version__
 from socmap._atomic import atomic_file
 from socmap.errors import OutputError
 from socmap.mapping.plan import Block, MapPlan, png_paths
-from socmap.mapping.previews import PNG_VMAX, render_previews
+from socmap.mapping.previews import ColorLimits, render_previews
 from socmap.mapping.uncertainty import BAND_NAMES, band_descriptions, model_kinds
 from socmap.models import TargetInfo
 
@@ -47,7 +47,7 @@ def map_tags(plan: MapPlan) -> dict[str, str]:
     """
     job, target = plan.job, plan.target
     labels = [lab for lab in job.labels if lab is not None]
-    descriptions = band_descriptions(job.method, plan.members, plan.unit)
+    descriptions = band_descriptions(job.method, plan.members, plan.unit, target.column)
     return {
         "year": plan.year if plan.year is not None else STATIC_YEAR,
         "covariate_time_labels": ",".join(labels) or STATIC_YEAR,
@@ -115,7 +115,7 @@ def assemble(plan: MapPlan, path: Path) -> int:
         "BIGTIFF": "IF_SAFER",
     }
     n_mapped = 0
-    descriptions = band_descriptions(plan.job.method, plan.members, plan.unit)
+    descriptions = band_descriptions(plan.job.method, plan.members, plan.unit, plan.target.column)
     with rasterio.open(path, "w", **profile) as dst:
         for block in plan.blocks:
             values = _block_values(plan, block)
@@ -133,12 +133,13 @@ def assemble(plan: MapPlan, path: Path) -> int:
     return n_mapped
 
 
-def write_outputs(plan: MapPlan, vmax: float = PNG_VMAX) -> int:
+def write_outputs(plan: MapPlan, limits: ColorLimits | None = None) -> int:
     """Assemble the finished blocks into the COG and render the PNGs (each atomically); returns mapped pixels.
 
     Args:
         plan: the map's plan.
-        vmax: top of the prediction preview's colour scale.
+        limits: (vmin, vmax) of the prediction preview's colour scale; None: the 2nd and 98th percentiles
+            of the mapped predictions (:func:`socmap.mapping.previews.color_limits`).
     """
     assembled = plan.blocks_dir / "assembled.tif"
     n_mapped = assemble(plan, assembled)
@@ -155,6 +156,6 @@ def write_outputs(plan: MapPlan, vmax: float = PNG_VMAX) -> int:
             BLOCKSIZE=cog_blocksize(plan.width, plan.height),
             BIGTIFF="IF_SAFER",
         )
-        render_previews(tmp, plan, png, uncertainty_png, vmax)
+        render_previews(tmp, plan, png, uncertainty_png, limits)
     assembled.unlink(missing_ok=True)
     return n_mapped

@@ -2,6 +2,8 @@
 
 The output grid is the covariate working grid cut to the region's bounding box (and ``map.bbox``) and tiled
 into square blocks of ``map.block_size`` pixels; a block that does not touch the region is never read. The
+region is ``map.region``, else ``filters.region``, else the covariate grid's footprint (whose pixels without
+data then become nodata through the nodata policy), see :func:`socmap.region.region_source`. The
 plan also fixes the time labels of the map year, the uncertainty method and a manifest (run, models, year,
 grid, window, block size, region, method): an interrupted map resumes only with an identical manifest.
 """
@@ -17,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
 import shapely
 from numpy.typing import NDArray
 from rasterio.features import geometry_mask
@@ -32,15 +33,25 @@ from socmap.errors import InputError, OutputError
 from socmap.mapping.members import check_geometry, load_members, model_stamp
 from socmap.mapping.uncertainty import uncertainty_method
 from socmap.models import SocModel, TargetInfo
-from socmap.region import load_region, to_crs
+from socmap.region import (
+    RegionSource,
+    grid_bounds_text,
+    grid_footprint,
+    load_region,
+    lonlat_text,
+    region_source,
+    to_crs,
+    to_lonlat,
+)
 from socmap.runfolder import RunFolder
 
 __all__ = [
-    "DEFAULT_REGION_NAME",
     "Block",
     "MapJob",
     "MapPlan",
     "check_options",
+    "check_static_year",
+    "map_region",
     "map_time_labels",
     "open_blocks_dir",
     "output_window",
@@ -51,7 +62,6 @@ __all__ = [
     "region_mask",
 ]
 
-DEFAULT_REGION_NAME = "embedded Bavaria boundary"
 BBox = tuple[float, float, float, float]
 
 
@@ -191,15 +201,30 @@ def check_options(options: MapConfig) -> None:
         )
 
 
+def check_static_year(stack: RasterStack, year: str | None) -> None:
+    """Refuse ``map.year`` for a stack without temporal bands: a map of static covariates has no year.
+
+    Args:
+        stack: the covariate stack.
+        year: ``map.year``.
+    """
+    if not stack.temporal and year is not None:
+        raise InputError(
+            f"map.year {year}: the covariates are static (no temporal bands): a map of them has no year; "
+            "leave map.year unset"
+        )
+
+
 def map_time_labels(stack: RasterStack, year: str | None, steps: int) -> list[str | None]:
     """The ``steps`` time labels ending at ``year`` (static stacks: ``None`` for every step).
 
     Args:
         stack: the covariate stack.
-        year: ``map.year`` (may be None only when the stack has no temporal bands).
+        year: ``map.year``: required with temporal bands, refused without them (a static map has no year).
         steps: the models' time steps.
     """
     if not stack.temporal:
+        check_static_year(stack, year)
         return [None] * steps
     first, last = stack.time_labels[0], stack.time_labels[-1]
     if year is None:
@@ -219,29 +244,54 @@ def map_time_labels(stack: RasterStack, year: str | None, steps: int) -> list[st
     return labels
 
 
-def output_window(stack: RasterStack, region: BaseGeometry, bbox: BBox | None) -> tuple[int, int, int, int]:
+def output_window(
+    stack: RasterStack, region: BaseGeometry, bbox: BBox | None, name: str = "the region"
+) -> tuple[int, int, int, int]:
     """(row0, row1, col0, col1) of the grid covering the region's bounds (and the bbox), clipped to the grid.
+
+    A region off the grid is refused with its name, its lon/lat bounds and the grid's bounds (grid CRS and
+    lon/lat); a bbox off the region's part of the grid is refused naming ``map.bbox``.
 
     Args:
         stack: the covariate stack (its working grid).
         region: the region in the grid's CRS.
         bbox: ``map.bbox`` or None.
+        name: the region in messages, e.g. ``area.geojson (map.region)``.
     """
     grid = stack.grid
-    minx, miny, maxx, maxy = region.bounds
-    if bbox is not None:
-        minx, miny = max(minx, bbox[0]), max(miny, bbox[1])
-        maxx, maxy = min(maxx, bbox[2]), min(maxy, bbox[3])
-    inv = ~grid.transform
-    cols, rows = zip(*(inv @ (x, y) for x in (minx, maxx) for y in (miny, maxy)), strict=True)
-    row0, row1 = max(math.floor(min(rows)), 0), min(math.ceil(max(rows)), grid.height)
-    col0, col1 = max(math.floor(min(cols)), 0), min(math.ceil(max(cols)), grid.width)
-    if minx >= maxx or miny >= maxy or row0 >= row1 or col0 >= col1:
-        gb = rasterio.transform.array_bounds(grid.height, grid.width, grid.transform)
+    region_window = _clipped_window(grid.transform, grid.width, grid.height, region.bounds)
+    if region_window is None:
+        lonlat = to_lonlat(region, grid.crs, densify=0).bounds
         raise InputError(
-            f"the region{' and map.bbox' if bbox else ''} do not overlap the covariate grid "
-            f"(grid bounds {gb[0]:.6g},{gb[1]:.6g},{gb[2]:.6g},{gb[3]:.6g} in {grid.crs.to_string()})"
+            f"region {name} does not overlap the covariate grid: the region covers {lonlat_text(lonlat)}; "
+            f"the grid covers {grid_bounds_text(grid)}"
         )
+    if bbox is None:
+        return region_window
+    rminx, rminy, rmaxx, rmaxy = region.bounds
+    cut = (max(rminx, bbox[0]), max(rminy, bbox[1]), min(rmaxx, bbox[2]), min(rmaxy, bbox[3]))
+    window = _clipped_window(grid.transform, grid.width, grid.height, cut)
+    if window is None:
+        raise InputError(
+            f"map.bbox {','.join(f'{v:g}' for v in bbox)} (in {grid.crs.to_string()}) does not overlap the "
+            f"region {name} on the covariate grid; the grid covers {grid_bounds_text(grid)}"
+        )
+    return window
+
+
+def _clipped_window(
+    transform: Affine, width: int, height: int, bounds: tuple[float, float, float, float]
+) -> tuple[int, int, int, int] | None:
+    """(row0, row1, col0, col1) of ``bounds`` (grid CRS) clipped to the grid; None when nothing is left."""
+    minx, miny, maxx, maxy = bounds
+    if minx >= maxx or miny >= maxy:
+        return None
+    inv = ~transform
+    cols, rows = zip(*(inv @ (x, y) for x in (minx, maxx) for y in (miny, maxy)), strict=True)
+    row0, row1 = max(math.floor(min(rows)), 0), min(math.ceil(max(rows)), height)
+    col0, col1 = max(math.floor(min(cols)), 0), min(math.ceil(max(cols)), width)
+    if row0 >= row1 or col0 >= col1:
+        return None
     return row0, row1, col0, col1
 
 
@@ -305,13 +355,21 @@ def _resolution_notes(member: SocModel, stack: RasterStack, size: int) -> list[s
     ]
 
 
-def _region(options: MapConfig, config: SocmapConfig, stack: RasterStack) -> tuple[BaseGeometry, str]:
-    """``map.region`` (as given), else the run config's ``filters.region``, else the embedded default."""
-    path = options.region
-    if path is None and config.filters.region is not None:
-        path = config.resolve(config.filters.region)
-    name = str(path) if path is not None else DEFAULT_REGION_NAME
-    return to_crs(load_region(path), stack.grid.crs), name
+def map_region(
+    options: MapConfig, config: SocmapConfig, stack: RasterStack
+) -> tuple[BaseGeometry, RegionSource]:
+    """The region in the grid's CRS and where it came from: ``map.region``, else the run config's
+    ``filters.region``, else the covariate grid's footprint (its pixels without data become nodata).
+
+    Args:
+        options: the ``map`` section (``region``).
+        config: the run's config (``filters.region``).
+        stack: the covariate stack (its grid).
+    """
+    source = region_source(config, options.region)
+    if source.path is None:
+        return grid_footprint(stack.grid), source
+    return to_crs(load_region(source.path), stack.grid.crs), source
 
 
 def _manifest(
@@ -355,16 +413,18 @@ def plan_map(options: MapConfig, run_dir: str | Path, out: str | Path) -> MapPla
     resolution = {"grid.resolution": options.resolution} if options.resolution is not None else {}
     config = folder.load_config(resolution)
     stack = discover_stack(config)
+    check_static_year(stack, options.year)  # before the models are loaded: a quick one-line refusal
     dirs, members = load_members(folder.path, stack.bands)
     size, steps = check_geometry(dirs, members)
     labels = map_time_labels(stack, options.year, steps)
-    region, region_name = _region(options, config, stack)
+    region, source = map_region(options, config, stack)
     bbox = _check_bbox(tuple(float(v) for v in options.bbox), options.bbox) if options.bbox else None
-    window = output_window(stack, region, bbox)
+    window = output_window(stack, region, bbox, source.label)
     blocks = plan_blocks(region, stack.grid.transform, window, options.block_size)
     if not any(b.n_region for b in blocks):
         raise InputError(
-            f"no pixel centre of the region{' inside map.bbox' if bbox else ''} lies on the covariate grid"
+            f"no pixel centre of the region {source.label}{' inside map.bbox' if bbox else ''} lies on the "
+            f"covariate grid ({grid_bounds_text(stack.grid)})"
         )
     method = uncertainty_method(members)
     min_valid = config.filters.min_valid_fraction
@@ -395,7 +455,7 @@ def plan_map(options: MapConfig, run_dir: str | Path, out: str | Path) -> MapPla
         transform=stack.grid.transform @ Affine.translation(col0, row0),
         members=members,
         manifest=manifest,
-        region_name=region_name,
+        region_name=source.name,
         warnings=_resolution_notes(members[0], stack, size),
     )
 

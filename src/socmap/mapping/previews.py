@@ -1,5 +1,7 @@
-"""PNG previews of a map: the prediction (0..vmax colour scale) and its uncertainty (Q95-Q05 width), both
-with the region outline, read from the COG's overviews at most ``PNG_MAX_PIXELS`` wide."""
+"""PNG previews of a map: the prediction and its uncertainty (Q95-Q05 width), both with the region outline,
+read from the COG's overviews at most ``PNG_MAX_PIXELS`` wide. Colour scales follow the data: the prediction's
+spans the 2nd to 98th percentile of the mapped values (:func:`color_limits`), titles and labels name the target
+and its unit (``pH 2020 (pH)``, ``OC (g/kg)``)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import rasterio
+from numpy.typing import ArrayLike
 from rasterio.enums import Resampling
 from shapely.geometry.base import BaseGeometry
 
@@ -19,10 +22,39 @@ from socmap.mapping.uncertainty import MODEL_INTERVALS, NO_UNCERTAINTY
 if TYPE_CHECKING:
     from socmap.mapping.plan import MapPlan
 
-__all__ = ["PNG_MAX_PIXELS", "PNG_VMAX", "render_previews"]
+__all__ = ["PNG_MAX_PIXELS", "PNG_PERCENTILES", "ColorLimits", "color_limits", "map_title", "render_previews"]
 
 PNG_MAX_PIXELS = 1600
-PNG_VMAX = 150.0  # top of the prediction's colour scale (g/kg)
+PNG_PERCENTILES = (2.0, 98.0)  # the prediction's colour scale: robust to a few extreme pixels
+ColorLimits = tuple[float, float]
+
+
+def color_limits(values: ArrayLike, percentiles: tuple[float, float] = PNG_PERCENTILES) -> ColorLimits:
+    """(vmin, vmax) of a colour scale from the data: the 2nd and 98th percentiles of the finite values
+    (masked values ignored); a constant or empty map gets a unit-wide scale around its value.
+
+    Args:
+        values: the mapped values (a masked array, or NaN for nodata).
+        percentiles: the lower and upper percentile.
+    """
+    data = np.ma.masked_invalid(np.ma.asarray(values, dtype=np.float64)).compressed()
+    if data.size == 0:
+        return (0.0, 1.0)
+    lo, hi = (float(v) for v in np.percentile(data, percentiles))
+    if hi - lo <= 1e-12 * max(1.0, abs(hi)):
+        return (lo - 0.5, hi + 0.5)
+    return (lo, hi)
+
+
+def map_title(target: str, year: str | None, unit: str) -> str:
+    """``{target} {year} ({unit})``, e.g. ``pH (pH)`` for a static map, ``OC 2023 (g/kg)``.
+
+    Args:
+        target: the predicted property's name (its column).
+        year: the mapped time label (None: static covariates).
+        unit: its unit.
+    """
+    return f"{target} {year or ''}".strip() + f" ({unit})"
 
 
 @dataclass(frozen=True)
@@ -43,7 +75,7 @@ def _figure(
     title: str,
     label: str,
     cmap: str,
-    top_value: float,
+    limits: ColorLimits,
     path: Path,
 ) -> None:
     """One preview: the values (or, without values, the ``label`` text) under the region outline."""
@@ -56,7 +88,8 @@ def _figure(
     fig, ax = plt.subplots(figsize=(7, 7 * (top - bottom) / max(right - left, 1e-9) + 0.8), dpi=120)
     if values is not None:
         extent = (left, right, bottom, top)
-        image = ax.imshow(values, extent=extent, cmap=cmap, vmin=0, vmax=top_value, interpolation="nearest")
+        vmin, vmax = limits
+        image = ax.imshow(values, extent=extent, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
         fig.colorbar(image, ax=ax, shrink=0.8, label=label)
     else:
         ax.text(0.5, 0.5, label, ha="center", va="center", transform=ax.transAxes, wrap=True)
@@ -78,16 +111,17 @@ def _figure(
 
 
 def render_previews(
-    cog: Path, plan: MapPlan, png: Path, uncertainty_png: Path, vmax: float = PNG_VMAX
+    cog: Path, plan: MapPlan, png: Path, uncertainty_png: Path, limits: ColorLimits | None = None
 ) -> None:
-    """PNG of the prediction (0..vmax colour scale) and of the uncertainty (Q95-Q05 width).
+    """PNG of the prediction (colour scale from the data) and of the uncertainty (Q95-Q05 width).
 
     Args:
         cog: the written COG (its overviews are read).
-        plan: the map's plan (year, unit, method, models, region).
+        plan: the map's plan (year, target, unit, method, models, region).
         png: the prediction preview to write.
         uncertainty_png: the uncertainty preview to write.
-        vmax: top of the prediction's colour scale.
+        limits: (vmin, vmax) of the prediction's colour scale; None: :func:`color_limits` of the mapped
+            values (2nd and 98th percentile).
     """
     with rasterio.open(cog) as src:
         scale = max(1, math.ceil(max(src.width, src.height) / PNG_MAX_PIXELS))
@@ -95,13 +129,16 @@ def render_previews(
         data = src.read(out_shape=shape, masked=True, resampling=Resampling.average)  # from the overviews
         left, bottom, right, top = src.bounds
         frame = _Frame(left, bottom, right, top, src.crs.to_string(), plan.job.region)
-    unit, method = plan.unit, plan.job.method
-    year = plan.year if plan.year is not None else "(static covariates)"
+    unit, method, target = plan.unit, plan.job.method, plan.target.column
+    title = map_title(target, plan.year, unit)
     models = plan.model_ids[0] if len(plan.model_ids) == 1 else f"ensemble of {len(plan.model_ids)} models"
-    _figure(frame, data[0], f"SOC {year} ({unit}), {models}", f"SOC ({unit})", "viridis", vmax, png)
+    scale_note = "" if limits is not None else "; scale: 2nd-98th percentile"
+    limits = limits if limits is not None else color_limits(data[0])
+    _figure(frame, data[0], f"{title}, {models}", f"{target} ({unit}{scale_note})", "viridis", limits, png)
+    stem = f"{target} {plan.year or ''}".strip()
     if method == NO_UNCERTAINTY:
         text = "no uncertainty: one point-prediction model\n(train.num_runs >= 2 or a model with intervals)"
-        _figure(frame, None, f"SOC {year} uncertainty, {models}", text, "magma", 1.0, uncertainty_png)
+        _figure(frame, None, f"{stem} uncertainty, {models}", text, "magma", (0.0, 1.0), uncertainty_png)
         return
     width = data[2] - data[1]
     finite = width.compressed()
@@ -110,9 +147,9 @@ def render_previews(
     _figure(
         frame,
         width,
-        f"SOC {year} Q95 - Q05 width ({unit}, {what}), {models}",
+        f"{stem} Q95 - Q05 width ({unit}, {what}), {models}",
         f"Q95 - Q05 ({unit}; scale capped at its 98th percentile)",
         "magma",
-        max(top_value, 1e-6),
+        (0.0, max(top_value, 1e-6)),
         uncertainty_png,
     )

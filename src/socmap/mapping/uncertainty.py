@@ -123,18 +123,23 @@ def interval_source(model: SocModel) -> str:
     return f"{model.kind} {summary} quantiles"
 
 
-def band_descriptions(method: str, members: Sequence[SocModel], unit: str) -> tuple[str, str, str, str]:
+def band_descriptions(
+    method: str, members: Sequence[SocModel], unit: str, target: str | None = None
+) -> tuple[str, str, str, str]:
     """What each band holds and exactly how it was produced (GDAL band descriptions).
 
     Args:
         method: one of :data:`METHODS`.
         members: the run's models (their number and kinds are named).
         unit: the target's unit.
+        target: the predicted property's name (None: the first member's target column).
     """
     n = len(members)
     models, kinds = f"{n} model{'s' if n > 1 else ''}", model_kinds(members)
     whose = f"{models}'" if n > 1 else f"{models}'s"  # 2 models' / 1 model's
-    pred = f"SOC prediction ({unit}): mean of {whose} point predictions ({kinds})"
+    if target is None:
+        target = members[0].require_inputs().target.column if members else "the target"
+    pred = f"prediction of {target} ({unit}): mean of {whose} point predictions ({kinds})"
     if method == MODEL_INTERVALS:
         sources = "; ".join(dict.fromkeys(interval_source(m) for m in members))
 

@@ -27,7 +27,7 @@ from socmap.models.base import PREDICT_BATCH, FitData, FitInfo, FloatArray, Inpu
 from socmap.models.networks import build_network, network_options
 from socmap.models.trainer import Tracking, fit_network, wandb_mode
 from socmap.normalize import Normalizer
-from socmap.split import splitter_for
+from socmap.split import holdout_splitter
 from socmap.transforms import TargetTransform
 
 __all__ = ["WEIGHTS_FILE", "DeepModel"]
@@ -73,16 +73,19 @@ class DeepModel(SocModel):
 
     # ------------------------------------------------------------------ fit
     def early_stopping_rows(self, data: FitData) -> FitData:
-        """``data`` with monitoring rows: the given ones, else (``train.use_validation``) an inner split of the
-        training rows with ``split.method`` (``buffered`` -> ``distance-split``), never any other row."""
+        """``data`` with monitoring rows: the given ones, else (``train.use_validation``) an inner hold-out of
+        about ``split.val_ratio`` of the training rows with ``split.method`` (``buffered`` -> ``distance-split``;
+        see :func:`socmap.split.holdout_splitter`), never any other row."""
         if data.monitor.size or not self.train_cfg.use_validation:
             return data
         if data.coords is None:
             raise InputError("early stopping needs sample coordinates (FitData.coords) for its inner split")
         method = "distance-split" if self.split_cfg.method == "buffered" else self.split_cfg.method
-        folds = 1 if method == "distance-split" else self.split_cfg.folds
-        splitter = splitter_for(self.split_cfg, method, folds, data.seed)
-        inner_train, inner_val = next(iter(splitter.split(data.coords[data.train])))
+        splitter = holdout_splitter(self.split_cfg, data.seed, method)
+        try:
+            inner_train, inner_val = next(iter(splitter.split(data.coords[data.train])))
+        except InputError as exc:
+            raise InputError(f"early stopping: split.method {method} of the training rows: {exc}") from None
         if len(inner_val) < 5 or len(inner_train) < 10:
             raise InputError(
                 f"early stopping: split {method} of {data.train.size} training samples gave {len(inner_train)} "
