@@ -558,15 +558,15 @@ def cv(
     cfg = _load(config, sets, extra)
     if trees is not None:
         cfg = cfg.model_copy(update={"models": _with_trees(cfg.models, trees)})
-    with console.status("preparing") as status:
-        data, _ = run_prepare(cfg, prepared or out / "prepared", overwrite=True, progress=status.update)
-        result = cross_validate(
+    with console.status("preparing") as status:  # a given --prepared folder of another data set is refused
+        data, _ = run_prepare(
             cfg,
-            data,
-            out,
-            overwrite=overwrite,
-            progress=lambda msg: status.update(f"cross-validating: {msg}"),
+            prepared or out / "prepared",
+            overwrite=overwrite if prepared else True,
+            progress=status.update,
         )
+    with _fold_progress(len(cfg.cv.models)) as on_fold:
+        result = cross_validate(cfg, data, out, overwrite=overwrite, on_fold=on_fold)
     _print_cv(result, len(data.samples))
     if select:
         chosen = select_model(out)
@@ -587,7 +587,7 @@ def _fold_progress(n_models: int) -> Iterator[Callable[[str, int, int, float], N
         TextColumn("{task.fields[last]}"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=console, transient=False) as bar:
+    with Progress(*columns, console=console, transient=True) as bar:  # the tables follow
         task = bar.add_task("cv", total=None, last="")
 
         def on_fold(model: str, fold: int, n_folds: int, seconds: float) -> None:
@@ -742,7 +742,6 @@ FLAGS = {
     "train.num_runs": "--num-runs",
     "train.batch_size": "--batch-size",
     "train.patience": "--patience",
-    "train.threads": "--n-jobs",
     "train.wandb_mode": "--wandb-mode",
 }
 

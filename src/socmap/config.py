@@ -376,6 +376,10 @@ class SocmapConfig(_Section):
                 "so every step would repeat the same values; use 1 (the default without temporal bands)"
             )
         kinds = available_models()
+        if "cnn_lstm" in self.models:
+            raise ValueError(
+                "models.cnn_lstm: the deep model's options live in the train: section (lr, epochs, ...)"
+            )
         for key, names in (
             ("train.model", [self.train.model]),
             ("cv.models", self.cv.models),

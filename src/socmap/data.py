@@ -34,6 +34,19 @@ from socmap.config import SocmapConfig
 from socmap.errors import InputError
 from socmap.region import load_region
 
+__all__ = [
+    "DROP_REASONS",
+    "GridSpec",
+    "RasterStack",
+    "SampleTable",
+    "discover_stack",
+    "is_organic_carbon",
+    "load_samples",
+    "parse_dates",
+    "read_block",
+    "read_table",
+]
+
 # Drop reasons, in the order they are applied (reported in this order).
 DROP_REASONS = (
     "invalid_coordinates",

@@ -18,6 +18,15 @@ from torch.nn import functional as F
 
 from socmap.errors import InputError
 
+__all__ = [
+    "DEFAULT_QUANTILES",
+    "LOSSES",
+    "SocLoss",
+    "check_loss",
+    "n_outputs_for",
+    "point_prediction",
+]
+
 LOSSES = ("l1", "mse", "composite_l1", "composite_l2", "gaussian_nll", "quantile")
 DEFAULT_QUANTILES = (0.05, 0.5, 0.95)
 

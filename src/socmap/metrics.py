@@ -9,6 +9,18 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+__all__ = [
+    "ccc",
+    "interval_metrics",
+    "mae",
+    "mean_error",
+    "pearson_r2",
+    "r2",
+    "regression_metrics",
+    "rmse",
+    "rpiq",
+]
+
 
 def _pair(observed: ArrayLike, predicted: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     y = np.asarray(observed, dtype=np.float64).ravel()

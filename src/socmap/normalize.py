@@ -18,6 +18,11 @@ from numpy.typing import NDArray
 from socmap._atomic import write_json
 from socmap.errors import InputError
 
+__all__ = [
+    "CHUNK",
+    "Normalizer",
+]
+
 CHUNK = 4096
 
 

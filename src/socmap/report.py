@@ -118,7 +118,7 @@ def _data_section(ctx: _Context) -> str:
     rows: list[tuple[str, Any]] = [
         ("samples used", s.n_samples),
         ("training", s.n_train),
-        ("validation", s.n_validation),
+        ("held-out test", s.n_test),
     ]
     if meta is not None:
         rows = [
@@ -208,12 +208,12 @@ def _curves_section(ctx: _Context) -> str:
     for i, hist in histories:
         axes[0].plot(hist["epoch"], hist["train_loss"], lw=1, label=f"run {i} train")
         if "val_loss" in hist:
-            axes[0].plot(hist["epoch"], hist["val_loss"], lw=1, ls="--", label=f"run {i} val")
+            axes[0].plot(hist["epoch"], hist["val_loss"], lw=1, ls="--", label=f"run {i} early-stopping set")
             axes[1].plot(hist["epoch"], hist["val_r2"], lw=1, label=f"run {i}")
     axes[0].set_xlabel("epoch")
     axes[0].set_ylabel("loss (transformed scale)")
     axes[1].set_xlabel("epoch")
-    axes[1].set_ylabel("validation R² (1-SSE/SST)")
+    axes[1].set_ylabel("early-stopping set R² (1-SSE/SST)")
     axes[0].legend(fontsize=7)
     return _png(fig)
 
@@ -266,7 +266,7 @@ def _metrics_section(ctx: _Context) -> str:
     for warning in s.warnings:
         body += f'<p class="warn">{html.escape(warning)}</p>'
     if s.r2_ceiling is not None:
-        body += f"<p>Known best possible R² on this validation set (noise-free synthetic truth): {s.r2_ceiling:.3f}.</p>"
+        body += f"<p>Known best possible R² on this test set (noise-free synthetic truth): {s.r2_ceiling:.3f}.</p>"
     return body
 
 

@@ -383,6 +383,11 @@ class RunFolder:
 
     def member_dirs(self) -> list[Path]:
         """Every run's model folder (``runs/run_<i>``, by i); a folder without runs is its own single model."""
+        if (self.path / "runs").is_dir() and self.is_run_folder() and not self.is_finished():
+            raise InputError(
+                f"run folder {self.path} is unfinished (no metrics.json): maps and predictions need all its runs; "
+                "continue it with socmap train --resume"
+            )
         runs = [
             p for p in self.path.glob("runs/run_*") if p.name[4:].isdigit() and (p / MODEL_FILE).is_file()
         ]

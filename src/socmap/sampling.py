@@ -24,6 +24,14 @@ from numpy.typing import ArrayLike, NDArray
 
 from socmap.errors import InputError
 
+__all__ = [
+    "BalancedSampler",
+    "balance_report",
+    "balanced_indices",
+    "bin_edges",
+    "bin_labels",
+]
+
 IntArray = NDArray[np.intp]
 FloatArray = NDArray[np.float64]
 Binning = Literal["quantile", "uniform"]

@@ -43,6 +43,37 @@ from socmap._atomic import atomic_dir, check_output_dir, write_json
 from socmap.errors import InputError
 from socmap.region import load_region, to_crs
 
+__all__ = [
+    "BANDS",
+    "CRS_EPSG",
+    "FEATURES",
+    "GAP_BAND",
+    "GAP_YEARS",
+    "HISTORY",
+    "LUCAS_CAMPAIGNS",
+    "MARGIN_M",
+    "NODATA",
+    "NOISE_SIGMA_LOG",
+    "NPP_MEMORY_WEIGHTS",
+    "OC_LAB_MAX",
+    "OC_SATURATION",
+    "PEAT_QUANTILE",
+    "PEAT_WEIGHT",
+    "TARGET_MEDIAN_OC",
+    "WINDOW",
+    "FourierField",
+    "Grid",
+    "Lakes",
+    "Landscape",
+    "Locations",
+    "SynthResult",
+    "known_r2_ceiling",
+    "r2_ceiling",
+    "soc_truth",
+    "synthesize",
+    "truth_features",
+]
+
 CRS_EPSG = 25832
 NODATA = -9999.0
 FIRST_YEAR, LAST_YEAR = 2002, 2023

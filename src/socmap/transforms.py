@@ -15,6 +15,10 @@ from numpy.typing import NDArray
 
 from socmap.errors import InputError
 
+__all__ = [
+    "TargetTransform",
+]
+
 TransformName = Literal["none", "log", "normalize"]
 TRANSFORMS: tuple[str, ...] = ("none", "log", "normalize")
 

@@ -65,7 +65,8 @@ def map_tags(plan: MapPlan) -> dict[str, str]:
             "nodata outside the region (pixel centre), where the window is less than "
             f"{job.min_valid_fraction:.0%} valid (filters.min_valid_fraction) or where fewer than half of "
             "the bands have data at the centre pixel in the map year; other missing inputs are filled with "
-            "the training mean of their band and step"
+            "training means (deep models: of their band and step; tree and linear models: of each window "
+            "feature)"
         ),
         "socmap_version": __version__,
     }

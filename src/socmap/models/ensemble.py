@@ -10,6 +10,7 @@ Saved as ``model.json`` (members, weights, blend) plus one model folder per memb
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,7 +203,11 @@ class EnsembleModel(SocModel):
         from socmap.models.registry import load_model
 
         names = [str(n) for n in state["members"]]
-        if any("/" in n or "\\" in n or n.startswith(".") for n in names):
+        inside = [
+            re.fullmatch(r"member_\d+_\w+", n) and (folder / n).resolve().is_relative_to(folder.resolve())
+            for n in names
+        ]
+        if not all(inside):
             raise InputError(
                 f"model file {folder / 'model.json'}: member folders must lie inside the model folder"
             )

@@ -148,7 +148,14 @@ def load_model(folder: str | Path, expected_bands: list[str] | None = None) -> S
     if expected_bands is not None:
         inputs.check_bands(expected_bands, str(folder))
     entry = model_entry(str(manifest["kind"]))
-    model = entry.cls.from_state(folder, dict(manifest.get("state", {})), inputs)
+    try:
+        model = entry.cls.from_state(folder, dict(manifest.get("state", {})), inputs)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(
+            f"model file {folder / MODEL_FILE}: its {entry.kind} state is incomplete or invalid ({exc!r})"
+        ) from None
     model.inputs = inputs
     model.model_id = str(manifest.get("model_id", manifest.get("state", {}).get("model_id", entry.kind)))
     return model

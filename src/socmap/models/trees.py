@@ -84,6 +84,19 @@ class FeatureModel(SocModel):
             raise InputError(
                 f"models.{self.kind} option(s) {', '.join(unknown)}: expected among {', '.join(sorted(allowed))}"
             )
+        self.check_values(params)
+
+    def check_values(self, params: dict[str, Any]) -> None:
+        """Refuse option values the estimator would reject only at fit time (scikit-learn's own checks)."""
+        saved, self.params = self.params, params
+        try:
+            estimator = self.build(0)
+            if hasattr(estimator, "_parameter_constraints"):  # scikit-learn estimators (not XGBoost)
+                estimator._validate_params()
+        except Exception as exc:
+            raise InputError(f"models.{self.kind}: {str(exc).splitlines()[0]}") from None
+        finally:
+            self.params = saved
 
     def save_estimator(self, folder: Path) -> str:
         """Write the fitted estimator; returns its file name."""
@@ -103,7 +116,10 @@ class FeatureModel(SocModel):
         y = data.target[data.train]
         self.transform.fit(y)
         self.estimator = self.build(data.seed)
-        self.estimator.fit(x, self.transform.forward(y))
+        try:
+            self.estimator.fit(x, self.transform.forward(y))
+        except (ValueError, TypeError) as exc:  # e.g. an XGBoost option value only the library checks
+            raise InputError(f"models.{self.kind}: {str(exc).splitlines()[0]}") from None
         self._single_threaded()
         return FitInfo(parameters=self.n_parameters())
 
@@ -174,7 +190,12 @@ class FeatureModel(SocModel):
         model.transform = transform
         model.seed = int(state.get("seed", 0))
         model.features = WindowFeatures.from_state(state["features"])
-        model.estimator = model.load_estimator(folder / str(state["estimator"]))
+        name = str(state["estimator"])
+        if name not in (ESTIMATOR_SKOPS, ESTIMATOR_UBJ, "model.json"):
+            raise InputError(
+                f"model file {folder / 'model.json'}: estimator file {name!r} is not one socmap writes"
+            )
+        model.estimator = model.load_estimator(folder / name)
         model.inputs = inputs
         return model
 
@@ -300,7 +321,7 @@ class XGBoostModel(FeatureModel):
 
         if not path.is_file():
             raise InputError(f"model file {path} is missing")
-        estimator = XGBRegressor(n_jobs=self.n_jobs)
+        estimator = XGBRegressor(n_jobs=1)  # see FeatureModel._chunked
         try:
             estimator.load_model(str(path))
         except Exception as exc:
@@ -318,6 +339,13 @@ class LinearModel(FeatureModel):
 
     def allowed_params(self) -> set[str]:
         return {"alphas"}
+
+    def check_values(self, params: dict[str, Any]) -> None:
+        alphas = params.get("alphas", [1.0])
+        ok = isinstance(alphas, list) and bool(alphas)
+        ok = ok and all(isinstance(a, int | float) and not isinstance(a, bool) and a > 0 for a in alphas)
+        if not ok:
+            raise InputError(f"models.linear.alphas {alphas!r}: expected a list of positive numbers")
 
     def build(self, seed: int) -> Any:
         from sklearn.linear_model import RidgeCV
