@@ -268,7 +268,7 @@ def test_dask_schedulers_equal_sequential_bit_for_bit(
 def _single_model_run(run_dir: Path, target: Path) -> Path:
     target.mkdir()
     shutil.copy(run_dir / "config.yaml", target / "config.yaml")
-    for name in ("model.pt", "model.json"):
+    for name in ("model.pt", "model.json", "metrics.json"):  # a finished run folder (map refuses unfinished ones)
         shutil.copy(run_dir / name, target / name)
     return target
 
@@ -408,3 +408,13 @@ def test_depth_tag_only_for_lucas_oc() -> None:
     assert mapping.depth_tag(TargetInfo("OC", "g/kg")) == "0-20 cm (LUCAS topsoil)"
     assert mapping.depth_tag(TargetInfo("SOC", "g/kg")) == "unknown"
     assert mapping.depth_tag(TargetInfo("OC", "%")) == "unknown"
+
+
+def test_unfinished_run_folder_is_refused(run_dir: Path, tmp_path: Path) -> None:
+    """A run folder whose training was interrupted (runs/ but no metrics.json) would map with only the runs that
+    finished: refused with a one-line error instead."""
+    folder = _single_model_run(run_dir, tmp_path / "unfinished")
+    shutil.copytree(run_dir / "runs" / "run_0", folder / "runs" / "run_0")
+    (folder / "metrics.json").unlink()
+    with pytest.raises(InputError, match=r"is unfinished .no metrics.json.*socmap train --resume"):
+        map_soc(_opts(bbox=BBOX), folder, tmp_path / "u.tif")
