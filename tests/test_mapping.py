@@ -268,7 +268,11 @@ def test_dask_schedulers_equal_sequential_bit_for_bit(
 def _single_model_run(run_dir: Path, target: Path) -> Path:
     target.mkdir()
     shutil.copy(run_dir / "config.yaml", target / "config.yaml")
-    for name in ("model.pt", "model.json", "metrics.json"):  # a finished run folder (map refuses unfinished ones)
+    for name in (
+        "model.pt",
+        "model.json",
+        "metrics.json",
+    ):  # a finished run folder (map refuses unfinished ones)
         shutil.copy(run_dir / name, target / name)
     return target
 
