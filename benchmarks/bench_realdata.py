@@ -34,14 +34,10 @@ PUBLISHED = pd.DataFrame(
         "R2": [0.177, 0.377, 0.338, 0.295],
     }
 )
-DEEP = {
-    "train.epochs": 60,
-    "train.patience": 10,
-    "train.num_runs": 3,
-    "train.lr": 1e-3,
-    "train.wandb_mode": "disabled",
-}
-MODELS = ["cnn_lstm", "rf", "qrf", "xgb", "linear"]
+# Deep models run with socmap's defaults (the schedule follows the data size, see socmap.models.schedule).
+DEEP = {"train.num_runs": 1, "train.wandb_mode": "disabled"}
+DEEP_MODELS = ["cnn_lstm", "transformer", "cnn3d"]
+MODELS = [*DEEP_MODELS, "rf", "qrf", "xgb", "linear"]
 
 
 def _fit_predict(
@@ -49,7 +45,7 @@ def _fit_predict(
 ) -> np.ndarray:
     """Fit ``train.num_runs`` models of kind ``name`` on dat_train (deep models hold out their early-stopping
     split; the others fit on all of it) and predict dat_test with their mean."""
-    deep = name == "cnn_lstm"
+    deep = name in DEEP_MODELS
     cfg = config.model_copy(
         update={"train": config.train.model_copy(update={"model": name, "use_validation": deep})}
     )
@@ -132,9 +128,7 @@ def macedonia(work: Path) -> list[Row]:
 def edgeroi(work: Path) -> list[Row]:
     rows: list[Row] = []
     for target in ("X0.5.cm", "X5.15.cm"):
-        cfg = load_config(
-            ROOT / "configs" / "edgeroi.yaml", {"samples.target": target, **DEEP, "train.num_runs": 1}
-        )
+        cfg = load_config(ROOT / "configs" / "edgeroi.yaml", {"samples.target": target, **DEEP})
         data, _ = prepare(cfg, work / f"prep-{target}", overwrite=True)
         result = cross_validate(_cv(cfg, "spatial-block", 10), data, work / f"cv-{target}", overwrite=True)
         print(result.markdown)

@@ -122,6 +122,8 @@ def test_train_cli_end_to_end_with_offline_tracking(small_synth_dir: Path, tmp_p
         str(out),
         "--epochs",
         "2",
+        "--set",
+        "train.seed_models=1",
         "--num-runs",
         "2",
         "--lr",
@@ -182,6 +184,7 @@ def test_tree_model_through_train_predict_and_errors_naming_flags(
     lines = [line for line in bad.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, bad.stderr
     assert (
-        "train.model: 'svm' is not a model kind; expected one of cnn_lstm, rf, qrf, xgb, linear" in lines[0]
+        "train.model: 'svm' is not a model kind; expected one of cnn_lstm, transformer, cnn3d, rf, qrf, xgb, linear"
+        in lines[0]
     )
     assert lines[0].endswith("(flag --model)")

@@ -41,7 +41,16 @@ def test_sigkill_during_training_then_resume_gives_identical_models(
             {
                 "samples": {"path": str(small_synth_dir / "samples.csv")},
                 "covariates": {"root": str(small_synth_dir / "covariates")},
-                "train": {"epochs": 8, "num_runs": 2, "patience": 50, "batch_size": 128, "lr": 0.001},
+                "train": {
+                    "epochs": 8,
+                    "seed_models": 1,
+                    "num_runs": 2,
+                    "patience": 50,
+                    "batch_size": 128,
+                    "lr": 0.001,
+                    "lstm_input_size": 32,  # a small LSTM: the resume logic does not depend on its size
+                    "lstm_hidden_size": 32,
+                },
             }
         )
     )
@@ -116,6 +125,7 @@ def test_sigkill_during_mapping_then_resume_gives_identical_cog(
         "samples.path": str(small_synth_dir / "samples.csv"),
         "covariates.root": str(small_synth_dir / "covariates"),
         "train.epochs": 1,
+        "train.seed_models": 1,
         "train.num_runs": 2,
         "train.lstm_input_size": 16,
         "train.lstm_hidden_size": 16,

@@ -28,6 +28,7 @@ def config(root: Path, **extra: object) -> SocmapConfig:
         "samples.path": str(root / "samples.csv"),
         "covariates.root": str(root / "covariates"),
         "train.epochs": 1,
+        "train.seed_models": 1,
         "train.batch_size": 128,
         "train.lr": 0.002,
         "train.loss_type": "quantile",
@@ -253,13 +254,15 @@ def test_refuses_finished_folder_and_bad_names(
         cross_validate(cfg, prepared, result.out)
     # an unknown kind: refused by the config, and by the stage if it slipped in after loading
     with pytest.raises(
-        InputError, match=r"cv\.models: 'svm' is not a model kind; expected one of cnn_lstm, rf"
+        InputError,
+        match=r"cv\.models: 'svm' is not a model kind; expected one of cnn_lstm, transformer, cnn3d, rf",
     ):
         config(small_synth_dir, **{"cv.models": ["rf", "svm"]})
     bad = config(small_synth_dir)
     bad.cv.models = ["rf", "svm"]
     with pytest.raises(
-        InputError, match=r"cv\.models: 'svm' is not a model kind; expected one of cnn_lstm, rf"
+        InputError,
+        match=r"cv\.models: 'svm' is not a model kind; expected one of cnn_lstm, transformer, cnn3d, rf",
     ):
         cross_validate(bad, prepared, result.out / "x")
     with pytest.raises(InputError, match=r"cv\.design = 'kfold'.*spatial-block"):

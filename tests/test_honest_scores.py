@@ -26,6 +26,7 @@ def config(root: Path, **extra: object) -> SocmapConfig:
         "samples.path": str(root / "samples.csv"),
         "covariates.root": str(root / "covariates"),
         "train.epochs": 2,
+        "train.seed_models": 1,
         "train.num_runs": 2,
         "train.batch_size": 128,
         "train.wandb_mode": "disabled",

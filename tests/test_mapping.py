@@ -48,6 +48,7 @@ def run_dir(small_synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         "covariates.root": str(small_synth_dir / "covariates"),
         "filters.region": str(small_synth_dir / "region.geojson"),  # as the Bavaria configs name it
         "train.epochs": 1,
+        "train.seed_models": 1,
         "train.num_runs": 2,
         "train.batch_size": 128,
         "train.wandb_mode": "disabled",

@@ -144,6 +144,7 @@ def cfg(**overrides: object) -> SocmapConfig:
     base: dict[str, object] = {
         "train.threads": 1,
         "train.epochs": 3,
+        "train.seed_models": 1,
         "train.batch_size": 32,
         "train.use_validation": False,
         "train.wandb_mode": "disabled",
@@ -180,7 +181,8 @@ def test_prediction_of_a_row_ignores_other_test_rows() -> None:
 
 def test_model_options_are_checked_by_name_and_fits_are_deterministic() -> None:
     with pytest.raises(
-        InputError, match="'svm' is not a model kind; expected one of cnn_lstm, rf, qrf, xgb, linear"
+        InputError,
+        match="'svm' is not a model kind; expected one of cnn_lstm, transformer, cnn3d, rf, qrf, xgb, linear",
     ):
         cfg(**{"train.model": "svm"})
     with pytest.raises(InputError, match=r"models\.rf option.s. n_trees: expected among"):

@@ -47,7 +47,7 @@ def test_time_order_matters_and_last_step_feeds_fusion() -> None:
 def test_small_window_refused_and_registry() -> None:
     with pytest.raises(InputError, match="window size 3: RefittedCovLSTM needs windows of at least 4"):
         RefittedCovLSTM(6, window_size=3)
-    with pytest.raises(InputError, match=r"network .resnet.: expected one of cnn_lstm"):
+    with pytest.raises(InputError, match=r"network .resnet.: expected one of cnn3d, cnn_lstm, transformer"):
         build_network("resnet", num_channels=6)
 
 

@@ -24,6 +24,7 @@ def config(root: Path, **extra: object) -> SocmapConfig:
         "samples.path": str(root / "samples.csv"),
         "covariates.root": str(root / "covariates"),
         "train.epochs": 3,
+        "train.seed_models": 1,
         "train.num_runs": 2,
         "train.batch_size": 128,
         "train.wandb_mode": "disabled",
@@ -113,7 +114,14 @@ def test_early_stopping_restores_best_weights(
     small_synth_dir: Path, prepared_small: Path, tmp_path: Path
 ) -> None:
     cfg = config(
-        small_synth_dir, **{"train.epochs": 60, "train.patience": 3, "train.lr": 0.02, "train.num_runs": 1}
+        small_synth_dir,
+        **{
+            "train.epochs": 60,
+            "train.patience": 3,
+            "train.lr": 0.02,
+            "train.num_runs": 1,
+            "train.min_steps": 0,
+        },
     )
     result = train(cfg, tmp_path / "r", prepared=prepared_small)
     hist = result.runs[0].history

@@ -202,10 +202,19 @@ def train(
     num_runs: Annotated[
         int | None, typer.Option("--num-runs", help="Runs with seeds seed..seed+N-1 [5].")
     ] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", help="Maximum epochs [200].")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Batch size [256].")] = None,
+    epochs: Annotated[
+        int | None, typer.Option("--epochs", help="Maximum epochs [auto: train.max_steps optimiser steps].")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Batch size [auto: n_train/32 within 16..256].")
+    ] = None,
     patience: Annotated[
-        int | None, typer.Option("--patience", help="Early-stopping patience in epochs [20].")
+        int | None,
+        typer.Option("--patience", help="Early-stopping patience in epochs [auto: train.patience_steps]."),
+    ] = None,
+    init_from: Annotated[
+        Path | None,
+        typer.Option("--init-from", help="Fine-tune: start the deep model from this run folder's model."),
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed of run 0 [0].")] = None,
     model: Annotated[
@@ -245,6 +254,7 @@ def train(
             "train.epochs": epochs,
             "train.batch_size": batch_size,
             "train.patience": patience,
+            "train.init_from": init_from.resolve() if init_from is not None else None,
             "train.seed": seed,
             "train.model": model,
             "train.wandb_mode": wandb_mode,
@@ -263,7 +273,7 @@ def train(
 
         def on_epoch(run: int, epoch: int, row: dict[str, float]) -> None:
             if run not in tasks:
-                tasks[run] = bar.add_task(f"run {run}", total=cfg.train.epochs, metrics="")
+                tasks[run] = bar.add_task(f"run {run}", total=row.get("max_epochs", 1), metrics="")
             text = f"loss {row['train_loss']:.4f}"
             if "val_r2" in row:
                 text += f" | early-stopping loss {row['val_loss']:.4f} R² {row['val_r2']:.3f} RMSE {row['val_rmse']:.3g}"
@@ -629,6 +639,8 @@ def _print_cv(result: CVResult, n_samples: int) -> None:
         typer.echo(text)
     if result.r2_ceiling is not None:
         typer.echo(f"known ceiling of the tested samples (noise-free truth): R² {result.r2_ceiling:.3f}")
+    for warning in result.warnings:
+        _warn(warning)
 
 
 @app.command()
@@ -742,6 +754,7 @@ FLAGS = {
     "train.num_runs": "--num-runs",
     "train.batch_size": "--batch-size",
     "train.patience": "--patience",
+    "train.init_from": "--init-from",
     "train.wandb_mode": "--wandb-mode",
 }
 

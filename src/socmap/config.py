@@ -218,13 +218,62 @@ class TrainConfig(_Section):
     )
     lr: float = Field(2e-4, gt=0, description="Adam learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="Adam weight decay.")
-    batch_size: int = Field(256, ge=1, description="Samples per batch.")
-    epochs: int = Field(200, ge=1, description="Maximum epochs.")
-    patience: int = Field(
-        20, ge=1, description="Early stopping: epochs without early-stopping-set loss improvement."
+    batch_size: int | None = Field(
+        None, ge=1, description="Samples per batch; None: n_train/32 as a power of two within 16..256."
+    )
+    epochs: int | None = Field(
+        None,
+        ge=1,
+        description="Maximum epochs; None: train.max_steps optimiser steps, as epochs of this data.",
+    )
+    max_steps: int = Field(
+        10_000,
+        ge=1,
+        description="Optimiser-step budget when train.epochs is not given (follows the data size).",
+    )
+    patience: int | None = Field(
+        None,
+        ge=1,
+        description="Early stopping: epochs without early-stopping-set improvement; None: train.patience_steps.",
+    )
+    patience_steps: int = Field(
+        500,
+        ge=1,
+        description="Patience in optimiser steps when train.patience is not given (at least 3 epochs).",
+    )
+    min_steps: int = Field(
+        200,
+        ge=0,
+        description="Warm-up in optimiser steps: no earlier epoch is restored as the best one, no earlier stop.",
     )
     min_delta: float = Field(
         0.0, ge=0, description="Smallest early-stopping-set loss decrease that counts as improvement."
+    )
+    seed_models: int | None = Field(
+        None,
+        ge=1,
+        le=32,
+        description="Networks per deep model, each with its own seed and early-stopping split, averaged; "
+        "None: 5 below 1,000 training samples, 3 below 4,000, else 1.",
+    )
+    augment: Literal["none", "dihedral"] = Field(
+        "none",
+        description="Window augmentation while training: dihedral = a random rotation/flip of the window per "
+        "batch (the 8 symmetries of the square; for isotropic covariates).",
+    )
+    input_noise: float = Field(
+        0.0, ge=0, description="Sd of Gaussian noise added to the normalised inputs while training (0: off)."
+    )
+    back_transform: Literal["mean", "median"] = Field(
+        "mean",
+        description="target_transform log: predict the mean (Duan's smearing / the lognormal variance "
+        "correction, from early-stopping residuals) or the median (plain back-transform).",
+    )
+    bidirectional: bool = Field(False, description="cnn_lstm: a bidirectional LSTM over the time steps.")
+    init_from: Path | None = Field(
+        None,
+        description="Run folder whose model (same kind and bands) the deep models start from (fine-tuning); "
+        "its normalisation and target transform are kept.",
     )
     lr_schedule: Literal["none", "plateau", "cosine"] = Field("none", description="Learning-rate schedule.")
     grad_clip: float = Field(1.0, ge=0, description="Clip the gradient norm to this (0: off).")

@@ -310,7 +310,10 @@ def _comparison_section(cv: Path) -> str:
         "over folds.</p>" + _comparison_table(summary)
     )
     cv_json = cv / "cv.json"
-    design = json.loads(cv_json.read_text()).get("fold_design", {}) if cv_json.is_file() else {}
+    cv_meta = json.loads(cv_json.read_text()) if cv_json.is_file() else {}
+    design = cv_meta.get("fold_design", {})
+    for warning in cv_meta.get("warnings", []):
+        body += f'<p class="warn">{html.escape(str(warning))}</p>'
     if design:
         where = design.get("parameters", {}).get("prediction_region")
         text = f"Folds: {design.get('design')} ({design.get('folds')} folds, seed {design.get('seed')})"

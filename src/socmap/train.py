@@ -31,6 +31,7 @@ from socmap.config import SocmapConfig
 from socmap.errors import InputError, OutputError
 from socmap.metrics import interval_metrics, regression_metrics
 from socmap.models import FitData, SocModel, create_model, load_model, read_rows, save_model
+from socmap.models.checks import degenerate_warning
 from socmap.runfolder import (
     AGGREGATED,
     EARLY_STOPPING,
@@ -246,6 +247,8 @@ def fit_run(
     if plan.test.size:
         test, table = _score_rows(model, data, plan.test, TEST)
         training = _training_fit(model, data, plan.train)
+        warning = degenerate_warning(table["observed"], table["predicted"], "the held-out test set")
+        info.warnings.extend([warning] if warning else [])
     else:
         test = None
         training, table = _score_rows(model, data, plan.train, TRAINING_FIT)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from socmap.errors import InputError, OutputError
 from socmap.evaluate.folds import Fold, FoldDesign, folds_table, make_folds
 from socmap.evaluate.tables import fold_metrics, markdown_report, plot_comparison, summarize
 from socmap.models import FitData, FitInfo, available_models, create_model, read_rows
+from socmap.models.checks import degenerate_warning
 from socmap.synth import known_r2_ceiling
 from socmap.windows import PreparedData
 
@@ -66,6 +67,7 @@ class CVResult:
     markdown: str
     r2_ceiling: float | None
     seconds: dict[str, float]
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def cv(self) -> str:
@@ -137,6 +139,8 @@ def _fit_fold(
             f"model {kind!r} gave quantiles of shape {np.shape(quantiles)}, expected ({test.size}, 3)"
         )
     seconds = time.perf_counter() - started
+    warning = degenerate_warning(data.target[test], point, "its test fold")
+    info.warnings.extend([warning] if warning else [])
     (workdir / CHECKPOINT).unlink(missing_ok=True)
     write_json(workdir / "fit.json", {"kind": kind, "fold": k, "n_train": int(train.size), **info.to_json()})
     if info.history:
@@ -169,6 +173,7 @@ class _Scores:
     per_fold: pd.DataFrame
     interval_models: list[str]
     seconds: dict[str, float]
+    warnings: list[str]
 
 
 def _score_models(
@@ -187,7 +192,7 @@ def _score_models(
     parts: list[pd.DataFrame] = []
     rows: list[dict[str, Any]] = []
     seconds = dict.fromkeys(kinds, 0.0)
-    interval_models = []
+    interval_models, warnings = [], []
     for kind in kinds:
         with_intervals = True
         for k, (train, test) in enumerate(folds):
@@ -200,14 +205,14 @@ def _score_models(
             rows.append(row | {"r2_ceiling": ceilings[k], "seconds": round(fit.seconds, 3)})
             seconds[kind] += fit.seconds
             with_intervals &= fit.quantiles is not None
+            warnings += [f"{kind}, fold {k + 1}: {w}" for w in fit.info.warnings]
             if on_fold is not None:
                 on_fold(kind, k, len(folds), fit.seconds)
         if with_intervals:
             interval_models.append(kind)
     predictions = pd.concat(parts, ignore_index=True)
-    return _Scores(
-        predictions, pd.DataFrame(rows), interval_models, {k: round(v, 3) for k, v in seconds.items()}
-    )
+    seconds = {k: round(v, 3) for k, v in seconds.items()}
+    return _Scores(predictions, pd.DataFrame(rows), interval_models, seconds, warnings)
 
 
 def _notes(data: PreparedData, n_tested: int, ceiling: float | None) -> list[str]:
@@ -236,6 +241,7 @@ def _cv_json(config: SocmapConfig, result: CVResult, n_samples: int, n_tested: i
         "n_samples": n_samples,
         "n_tested": n_tested,
         "r2_ceiling": result.r2_ceiling,
+        "warnings": result.warnings,
     }
 
 
@@ -315,6 +321,7 @@ def cross_validate(
         markdown=markdown_report(summary, title, _notes(data, int(tested.size), ceiling)),
         r2_ceiling=ceiling,
         seconds=scores.seconds,
+        warnings=scores.warnings,
     )
     _write_outputs(config, data, result, int(tested.size))
     return result

@@ -181,16 +181,18 @@ class FitInfo:
     stopped_early: bool = False
     history: list[dict[str, float]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    schedule: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The scalar fields (the history goes to ``history.csv``)."""
-        return {
+        out: dict[str, Any] = {
             "parameters": self.parameters,
             "epochs_trained": self.epochs_trained,
             "best_epoch": self.best_epoch,
             "stopped_early": self.stopped_early,
             "warnings": list(self.warnings),
         }
+        return out | ({"schedule": dict(self.schedule)} if self.schedule else {})
 
 
 def read_rows(windows: NDArray[np.float32], idx: IntArray) -> NDArray[np.float32]:

@@ -23,17 +23,53 @@ from socmap._atomic import atomic_file
 from socmap.config import SamplingConfig, SocmapConfig, SplitConfig, TrainConfig
 from socmap.errors import InputError
 from socmap.losses import n_outputs_for, point_prediction
-from socmap.models.base import PREDICT_BATCH, FitData, FitInfo, FloatArray, InputSpec, SocModel
-from socmap.models.networks import build_network, network_options
+from socmap.models.base import PREDICT_BATCH, FitData, FitInfo, FloatArray, InputSpec, SocModel, read_rows
+from socmap.models.checks import degenerate_warning
+from socmap.models.networks import build_network, check_network_options, network_options
 from socmap.models.trainer import Tracking, fit_network, wandb_mode
 from socmap.normalize import Normalizer
 from socmap.split import holdout_splitter
 from socmap.transforms import TargetTransform
 
-__all__ = ["WEIGHTS_FILE", "DeepModel"]
+__all__ = [
+    "WEIGHTS_FILE",
+    "Cnn3dModel",
+    "CnnLstmModel",
+    "DeepModel",
+    "SeedEnsemble",
+    "TransformerModel",
+    "auto_seed_models",
+]
 
 WEIGHTS_FILE = "model.pt"
 Z95 = 1.6448536269514722  # standard normal 95% quantile
+MEMBER_SEED_STRIDE = 1_000_003  # member i of a fit with seed s uses seed s + i * stride
+
+
+def auto_seed_models(n_train: int) -> int:
+    """Networks per deep model by default: 5 below 1,000 training samples, 3 below 4,000, else 1 (a small
+    data set makes one network's result depend on its seed; averaging a few costs little there)."""
+    return 5 if n_train < 1_000 else 3 if n_train < 4_000 else 1
+
+
+class SeedEnsemble(torch.nn.Module):
+    """Several networks of one architecture (different seeds and early-stopping splits) whose head outputs
+    are averaged on the transformed scale: one module, so tracing and saving treat it as one network."""
+
+    def __init__(self, members: Sequence[torch.nn.Module]) -> None:
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean of the members' outputs."""
+        return torch.stack([m(x) for m in self.members]).mean(dim=0)
+
+
+def _build(spec: dict[str, Any]) -> torch.nn.Module:
+    """The network (or seed ensemble) a ``model.json`` ``model`` entry describes."""
+    count = int(spec.get("members", 1))
+    nets = [build_network(spec["name"], **spec["kwargs"]) for _ in range(count)]
+    return nets[0] if count == 1 else SeedEnsemble(nets)
 
 
 class DeepModel(SocModel):
@@ -52,6 +88,8 @@ class DeepModel(SocModel):
         self.sampling = sampling or SamplingConfig()
         self.split_cfg = split or SplitConfig()
         self.tracking = tracking or Tracking()
+        self.options: dict[str, Any] = {}
+        self.init_from: Path | None = None
         self.loss_type = self.train_cfg.loss_type
         self.quantiles = tuple(self.train_cfg.quantiles)
         self.net: torch.nn.Module | None = None
@@ -69,7 +107,11 @@ class DeepModel(SocModel):
             config.name,
             config.model_dump(mode="json", exclude={"base_dir"}),
         )
-        return cls(config.train, config.sampling, tracking, config.split)
+        model = cls(config.train, config.sampling, tracking, config.split)
+        model.options = check_network_options(cls.network, dict(config.models.get(cls.kind, {})))
+        if config.train.init_from is not None:
+            model.init_from = config.resolve(config.train.init_from)
+        return model
 
     # ------------------------------------------------------------------ fit
     def early_stopping_rows(self, data: FitData) -> FitData:
@@ -96,31 +138,120 @@ class DeepModel(SocModel):
         out.train, out.monitor = data.train[inner_train], data.train[inner_val]
         return out
 
-    def fit(self, data: FitData) -> FitInfo:
-        """Normaliser and target transform from the training rows, then the training loop (early stopping on
-        the monitoring rows, see :meth:`early_stopping_rows`)."""
-        data = self.early_stopping_rows(data)
-        inputs = data.inputs
-        self.inputs, self.seed = inputs, data.seed
+    def _source(self, inputs: InputSpec) -> DeepModel | None:
+        """The model ``train.init_from`` names (same kind and bands), or None."""
+        if self.init_from is None:
+            return None
+        from socmap.models.registry import load_model
+
+        source = load_model(self.init_from, list(inputs.bands))
+        if not isinstance(source, DeepModel) or source.kind != self.kind:
+            raise InputError(
+                f"train.init_from {self.init_from}: holds a {source.kind!r} model; fine-tuning needs a {self.kind!r} "
+                "model trained on the same bands"
+            )
+        source.require_inputs().check_windows((0, *inputs.window_shape), f"train.init_from {self.init_from}")
+        return source
+
+    def _start(self, data: FitData, source: DeepModel | None) -> FitData:
+        """Member 0's rows; normaliser, target transform and network spec from them (or from ``source``)."""
+        first = self.early_stopping_rows(data)
+        if source is not None:
+            assert source.normalizer is not None
+            self.normalizer, self.transform = (
+                source.normalizer,
+                TargetTransform.from_dict(source.transform.to_dict()),
+            )
+            self.transform.params.pop("smearing", None)
+            self.net_spec = {k: v for k, v in source.net_spec.items() if k != "members"}
+            return first
         self.normalizer = Normalizer.fit(
-            data.windows, data.train, list(inputs.bands), list(inputs.static_bands)
+            data.windows, first.train, list(data.inputs.bands), list(data.inputs.static_bands)
         )
-        self.transform = TargetTransform(self.train_cfg.target_transform).fit(data.target[data.train])
-        torch.manual_seed(data.seed)
+        self.transform = TargetTransform(self.train_cfg.target_transform).fit(data.target[first.train])
         kwargs = network_options(
-            self.network, self.train_cfg, inputs, n_outputs_for(self.loss_type, self.quantiles)
+            self.network,
+            self.train_cfg,
+            data.inputs,
+            n_outputs_for(self.loss_type, self.quantiles),
+            self.options,
         )
         self.net_spec = {"name": self.network, "kwargs": kwargs}
-        net = build_network(self.network, **kwargs)
+        return first
+
+    def _fit_member(self, member: FitData, source: DeepModel | None) -> tuple[torch.nn.Module, FitInfo]:
+        """One network on one member's rows, from the source's weights when fine-tuning."""
+        assert self.normalizer is not None
+        torch.manual_seed(member.seed)
+        net = build_network(self.net_spec["name"], **self.net_spec["kwargs"])
+        if source is not None and source.net is not None:
+            weights = source.net.state_dict()
+            if isinstance(source.net, SeedEnsemble):
+                weights = {k.split(".", 2)[2]: v for k, v in weights.items() if k.startswith("members.0.")}
+            net.load_state_dict(weights)
         tracking = dataclasses.replace(
             self.tracking,
-            name=f"{self.tracking.name}-seed{data.seed}",
-            config={"seed": data.seed, **self.tracking.config},
+            name=f"{self.tracking.name}-seed{member.seed}",
+            config={"seed": member.seed, **self.tracking.config},
         )
-        self.net, info = fit_network(
-            net, data, self.normalizer, self.transform, self.train_cfg, self.sampling, tracking
+        return fit_network(
+            net, member, self.normalizer, self.transform, self.train_cfg, self.sampling, tracking
         )
+
+    def fit(self, data: FitData) -> FitInfo:
+        """A seed ensemble of ``train.seed_models`` networks (default by training size, see
+        :func:`auto_seed_models`), each early-stopping on its own inner split of the training rows (see
+        :meth:`early_stopping_rows`) so that together they learn from every training row; normaliser and target
+        transform from member 0's training rows; the log transform's smearing factor and the degenerate-model
+        check from each member's early-stopping rows (rows it did not fit on)."""
+        self.inputs, self.seed = data.inputs, data.seed
+        source = self._source(data.inputs)
+        first = self._start(data, source)
+        count = self.train_cfg.seed_models or auto_seed_models(int(data.train.size))
+        nets, infos, z_true, z_pred = [], [], [], []
+        for i in range(count):
+            workdir = data.workdir if count == 1 or data.workdir is None else data.workdir / f"seed_{i}"
+            member = (
+                first
+                if i == 0
+                else self.early_stopping_rows(
+                    dataclasses.replace(data, seed=data.seed + i * MEMBER_SEED_STRIDE, workdir=workdir)
+                )
+            )
+            member = dataclasses.replace(member, workdir=workdir)
+            net, info = self._fit_member(member, source)
+            nets.append(net)
+            infos.append(info)
+            if member.monitor.size:
+                self.net = net
+                out = self.raw_output(read_rows(data.windows, member.monitor))
+                z_true.append(self.transform.forward(data.target[member.monitor]))
+                z_pred.append(point_prediction(out, self.loss_type, self.quantiles).double().numpy())
+                label = (
+                    f"its early-stopping rows (network {i + 1} of {count})"
+                    if count > 1
+                    else "its early-stopping rows"
+                )
+                warning = degenerate_warning(data.target[member.monitor], self._point(out), label)
+                info.warnings.extend([warning] if warning else [])
+        self.net = nets[0] if count == 1 else SeedEnsemble(nets)
+        self.net_spec = {**self.net_spec, "members": count}
+        if z_true and self.train_cfg.back_transform == "mean" and self.loss_type != "gaussian_nll":
+            self.transform.fit_smearing(np.concatenate(z_true), np.concatenate(z_pred))
+        if count > 1 and data.workdir is not None:
+            for i in range(count):
+                (data.workdir / f"seed_{i}" / "checkpoint.pt").unlink(missing_ok=True)
+        return self._combined(infos)
+
+    def _combined(self, infos: list[FitInfo]) -> FitInfo:
+        """Member 0's history and epochs (the run's early-stopping score), every member's warnings."""
+        info = infos[0]
         self.best_epoch = info.best_epoch
+        info.parameters = int(sum(p.numel() for p in self.net.parameters())) if self.net is not None else 0
+        info.warnings = [w for part in infos for w in part.warnings]
+        if len(infos) > 1:
+            info.schedule = {**info.schedule, "seed_models": len(infos)}
+            info.epochs_trained = max(part.epochs_trained for part in infos)
         return info
 
     # ------------------------------------------------------------------ predict
@@ -147,7 +278,13 @@ class DeepModel(SocModel):
         return n_outputs_for(self.loss_type, self.quantiles)
 
     def _point(self, out: torch.Tensor) -> FloatArray:
-        return self.transform.inverse(point_prediction(out, self.loss_type, self.quantiles).double().numpy())
+        """Point predictions on the original scale: the mean (``train.back_transform: mean``; for a log target
+        the lognormal correction of a Gaussian head, else Duan's smearing) or the back-transformed value."""
+        z = point_prediction(out, self.loss_type, self.quantiles).double().numpy()
+        if self.transform.name != "log" or self.train_cfg.back_transform == "median":
+            return self.transform.inverse(z)
+        log_variance = out[:, 1].double().clamp(-10, 10).numpy() if self.loss_type == "gaussian_nll" else None
+        return self.transform.inverse_mean(z, log_variance)
 
     def predict(self, windows: NDArray[np.float32], batch_size: int = PREDICT_BATCH) -> FloatArray:
         """Point predictions on the original scale (mean, or the median of a quantile head)."""
@@ -230,6 +367,7 @@ class DeepModel(SocModel):
             "quantiles": list(self.quantiles),
             "normalizer": normalizer.to_dict(),
             "target_transform": self.transform.to_dict(),
+            "back_transform": self.train_cfg.back_transform,
             "best_epoch": self.best_epoch,
             "seed": self.seed,
             "parameters": int(sum(p.numel() for p in net.parameters())),
@@ -255,11 +393,13 @@ class DeepModel(SocModel):
             ) from None
         model = cls(
             TrainConfig(
-                loss_type=state["loss_type"], quantiles=list(state.get("quantiles", [0.05, 0.5, 0.95]))
+                loss_type=state["loss_type"],
+                quantiles=list(state.get("quantiles", [0.05, 0.5, 0.95])),
+                back_transform=state.get("back_transform", "median"),
             )
         )
         model.net_spec = dict(state["model"])
-        net = build_network(model.net_spec["name"], **model.net_spec["kwargs"])
+        net = _build(model.net_spec)
         try:
             net.load_state_dict(weights)
         except RuntimeError as exc:
@@ -275,6 +415,18 @@ class DeepModel(SocModel):
 
 
 class CnnLstmModel(DeepModel):
-    """The seed project's CNN-LSTM (``RefittedCovLSTM``)."""
+    """The seed project's CNN-LSTM (``RefittedCovLSTM``; ``train.bidirectional`` for a bidirectional LSTM)."""
 
     network: ClassVar[str] = "cnn_lstm"
+
+
+class TransformerModel(DeepModel):
+    """A temporal transformer over per-step CNN features (:class:`~socmap.models.networks.TemporalTransformer`)."""
+
+    network: ClassVar[str] = "transformer"
+
+
+class Cnn3dModel(DeepModel):
+    """A 3D CNN over time, height and width (:class:`~socmap.models.networks.Cnn3d`)."""
+
+    network: ClassVar[str] = "cnn3d"

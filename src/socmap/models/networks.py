@@ -1,4 +1,4 @@
-"""Deep models on window stacks [batch, bands, height, width, time].
+"""Deep models on window stacks [batch, bands, height, width, time]: ``cnn_lstm``, ``transformer``, ``cnn3d``.
 
 ``RefittedCovLSTM`` is the seed project's CNN-LSTM: a small CNN reads every time step's window, an LSTM reads
 the chronological sequence (oldest first), and a fusion head combines the LSTM state with the last step's CNN
@@ -19,7 +19,17 @@ if TYPE_CHECKING:
     from socmap.config import TrainConfig
     from socmap.models.base import InputSpec
 
-__all__ = ["NETWORKS", "RefittedCovLSTM", "build_network", "count_parameters", "network_options"]
+__all__ = [
+    "NETWORKS",
+    "NETWORK_OPTIONS",
+    "Cnn3d",
+    "RefittedCovLSTM",
+    "TemporalTransformer",
+    "build_network",
+    "check_network_options",
+    "count_parameters",
+    "network_options",
+]
 
 
 class RefittedCovLSTM(nn.Module):
@@ -41,6 +51,7 @@ class RefittedCovLSTM(nn.Module):
         dropout: float = 0.25,
         window_size: int = 5,
         n_outputs: int = 1,
+        bidirectional: bool = False,
     ) -> None:
         super().__init__()
         if window_size < 4:
@@ -65,8 +76,11 @@ class RefittedCovLSTM(nn.Module):
             num_layers=num_layers,
             batch_first=True,
             dropout=dropout if num_layers > 1 else 0.0,
+            bidirectional=bidirectional,
         )
-        self.lstm_head = nn.Sequential(nn.Linear(lstm_hidden_size, 64), nn.ReLU())
+        self.bidirectional = bidirectional
+        directions = 2 if bidirectional else 1
+        self.lstm_head = nn.Sequential(nn.Linear(directions * lstm_hidden_size, 64), nn.ReLU())
         self.fusion = nn.Sequential(nn.Linear(lstm_input_size + 64, 32), nn.ReLU(), nn.Linear(32, n_outputs))
         self.n_outputs = n_outputs
 
@@ -75,12 +89,100 @@ class RefittedCovLSTM(nn.Module):
         b, c, h, w, t = x.shape
         steps = x.permute(0, 4, 1, 2, 3).reshape(b * t, c, h, w)
         features = self.cnn(steps).reshape(b, t, -1)
-        sequence, _ = self.lstm(features)
-        fused = torch.cat([features[:, -1], self.lstm_head(sequence[:, -1])], dim=1)
+        sequence, (h_n, _) = self.lstm(features)
+        # forward: its state after the newest step; backward (bidirectional): its state after the oldest step
+        last = torch.cat([h_n[-2], h_n[-1]], dim=1) if self.bidirectional else sequence[:, -1]
+        fused = torch.cat([features[:, -1], self.lstm_head(last)], dim=1)
         return self.fusion(fused)
 
 
-NETWORKS: dict[str, type[nn.Module]] = {"cnn_lstm": RefittedCovLSTM}
+def _step_stem(num_channels: int, width: int, dropout: float) -> nn.Sequential:
+    """Per-step CNN stem for any window size >= 1: two 3x3 convolutions (same padding) and a global average
+    pool, so it works for 1x1 windows as well as 9x9 ones."""
+    return nn.Sequential(
+        nn.Conv2d(num_channels, 32, kernel_size=3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(32, width, kernel_size=3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Dropout(dropout),
+    )
+
+
+class TemporalTransformer(nn.Module):
+    """Per-step CNN stem -> learned step (position) encoding -> transformer encoder over the steps -> pooled
+    head. The step encoding is indexed from the newest step backwards, so "the sample's own year" has the same
+    code whatever the sequence length. Pooling: mean over steps concatenated with the newest step's token.
+    T = 1 (static covariates) is a one-token sequence."""
+
+    def __init__(
+        self,
+        num_channels: int,
+        time_steps: int,
+        d_model: int = 64,
+        heads: int = 4,
+        layers: int = 2,
+        dropout: float = 0.1,
+        n_outputs: int = 1,
+    ) -> None:
+        super().__init__()
+        if d_model % heads:
+            raise InputError(f"models.transformer: d_model {d_model} must be a multiple of heads {heads}")
+        self.stem = _step_stem(num_channels, d_model, 0.0)
+        self.position = nn.Parameter(torch.zeros(1, max(time_steps, 1), d_model))
+        layer = nn.TransformerEncoderLayer(
+            d_model, heads, dim_feedforward=2 * d_model, dropout=dropout, batch_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Sequential(
+            nn.Linear(2 * d_model, 64), nn.ReLU(), nn.Dropout(dropout), nn.Linear(64, n_outputs)
+        )
+        self.n_outputs = n_outputs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [batch, bands, height, width, time] -> [batch, n_outputs]."""
+        b, c, h, w, t = x.shape
+        tokens = self.stem(x.permute(0, 4, 1, 2, 3).reshape(b * t, c, h, w)).reshape(b, t, -1)
+        encoded = self.encoder(tokens + self.position[:, -t:])
+        return self.head(torch.cat([encoded.mean(dim=1), encoded[:, -1]], dim=1))
+
+
+class Cnn3d(nn.Module):
+    """A 3D CNN over (time, height, width): two 3x3x3 convolutions (same padding, so T = 1 and small windows
+    work), global average pooling and a small head; sees space and time jointly rather than step by step."""
+
+    def __init__(
+        self, num_channels: int, channels: int = 32, dropout: float = 0.1, n_outputs: int = 1
+    ) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv3d(num_channels, channels, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.Conv3d(channels, 2 * channels, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool3d(1),
+            nn.Flatten(),
+            nn.Dropout(dropout),
+        )
+        self.head = nn.Sequential(nn.Linear(2 * channels, 64), nn.ReLU(), nn.Linear(64, n_outputs))
+        self.n_outputs = n_outputs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [batch, bands, height, width, time] -> [batch, n_outputs]."""
+        return self.head(self.body(x.permute(0, 1, 4, 2, 3)))
+
+
+NETWORKS: dict[str, type[nn.Module]] = {
+    "cnn_lstm": RefittedCovLSTM,
+    "transformer": TemporalTransformer,
+    "cnn3d": Cnn3d,
+}
+# Architecture options a user may set in ``models.<kind>`` (the training regime lives in ``train:``).
+NETWORK_OPTIONS: dict[str, dict[str, type]] = {
+    "transformer": {"d_model": int, "heads": int, "layers": int, "dropout": float},
+    "cnn3d": {"channels": int, "dropout": float},
+}
 
 
 def build_network(name: str, **kwargs: Any) -> nn.Module:
@@ -90,18 +192,53 @@ def build_network(name: str, **kwargs: Any) -> nn.Module:
     return NETWORKS[name](**kwargs)
 
 
-def network_options(name: str, train: TrainConfig, inputs: InputSpec, n_outputs: int) -> dict[str, Any]:
-    """The JSON-serialisable keyword arguments :func:`build_network` rebuilds network ``name`` from."""
+def check_network_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``models.<name>`` options of a network, checked by name and type (an error lists the allowed keys)."""
+    allowed = NETWORK_OPTIONS.get(name, {})
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        if key not in allowed:
+            keys = ", ".join(sorted(allowed)) or "none (set cnn_lstm's in train:)"
+            raise InputError(f"models.{name}.{key}: not an option of {name}; expected one of {keys}")
+        kind = allowed[key]
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or (kind is int and value != int(value))
+        ):
+            raise InputError(f"models.{name}.{key}: {value!r} is not a number of type {kind.__name__}")
+        if (kind is float and not 0 <= value < 1) or (kind is int and value < 1):
+            raise InputError(f"models.{name}.{key}: {value!r} is out of range")
+        out[key] = kind(value)
+    return out
+
+
+def network_options(
+    name: str,
+    train: TrainConfig,
+    inputs: InputSpec,
+    n_outputs: int,
+    options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The JSON-serialisable keyword arguments :func:`build_network` rebuilds network ``name`` from
+    (``options``: the user's ``models.<name>`` architecture options)."""
     if name not in NETWORKS:
         raise InputError(f"network {name!r}: expected one of {', '.join(sorted(NETWORKS))}")
+    channels = len(inputs.bands)
+    extra = check_network_options(name, options or {})
+    if name == "transformer":
+        return {"num_channels": channels, "time_steps": inputs.time_steps, "n_outputs": n_outputs} | extra
+    if name == "cnn3d":
+        return {"num_channels": channels, "n_outputs": n_outputs} | extra
     return {
-        "num_channels": len(inputs.bands),
+        "num_channels": channels,
         "lstm_input_size": train.lstm_input_size,
         "lstm_hidden_size": train.lstm_hidden_size,
         "num_layers": train.num_layers,
         "dropout": train.dropout,
         "window_size": inputs.window_size,
         "n_outputs": n_outputs,
+        "bidirectional": train.bidirectional,
     }
 
 

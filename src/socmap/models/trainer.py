@@ -29,6 +29,7 @@ from socmap.errors import InputError
 from socmap.losses import SocLoss, point_prediction
 from socmap.metrics import regression_metrics
 from socmap.models.base import FitData, FitInfo, IntArray, read_rows
+from socmap.models.schedule import Schedule, resolve_schedule
 from socmap.normalize import Normalizer
 from socmap.sampling import BalancedSampler
 from socmap.transforms import TargetTransform
@@ -131,17 +132,32 @@ def build_tensors(
     return TensorSet(x, y, sigma)
 
 
-def build_optimisation(model: torch.nn.Module, tcfg: TrainConfig) -> tuple[torch.optim.Optimizer, Any]:
+def build_optimisation(
+    model: torch.nn.Module, tcfg: TrainConfig, schedule: Schedule
+) -> tuple[torch.optim.Optimizer, Any]:
     """Adam (with weight decay) and the configured learning-rate schedule (or None)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     scheduler: Any = None
     if tcfg.lr_schedule == "plateau":
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, factor=0.5, patience=max(1, tcfg.patience // 3)
+            optimizer, factor=0.5, patience=max(1, schedule.patience // 3)
         )
     elif tcfg.lr_schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tcfg.epochs)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=schedule.epochs)
     return optimizer, scheduler
+
+
+def augment_batch(xb: torch.Tensor, tcfg: TrainConfig) -> torch.Tensor:
+    """A random symmetry of the square on the windows of a batch (``train.augment: dihedral``) and Gaussian
+    noise on the normalised inputs (``train.input_noise``); draws from torch's seeded generator."""
+    if tcfg.augment == "dihedral":
+        k = int(torch.randint(0, 8, (1,)))
+        if k >= 4:
+            xb = xb.flip(3)
+        xb = torch.rot90(xb, k % 4, dims=(2, 3))
+    if tcfg.input_noise > 0:
+        xb = xb + tcfg.input_noise * torch.randn_like(xb)
+    return xb
 
 
 def build_sampler(
@@ -267,7 +283,7 @@ def train_epoch(
     for xb, yb, sb in loader:
         data_time += time.perf_counter() - fetch_start
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(xb), yb, sb if use_sigma else None)
+        loss = loss_fn(model(augment_batch(xb, tcfg)), yb, sb if use_sigma else None)
         accelerator.backward(loss)
         if tcfg.grad_clip > 0:
             accelerator.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
@@ -296,6 +312,7 @@ class _Run:
     accelerator: Accelerator
     train: TensorSet
     monitor: TensorSet | None
+    schedule: Schedule
 
 
 def _monitor_row(run: _Run, data: FitData, transform: TargetTransform, tcfg: TrainConfig) -> dict[str, float]:
@@ -326,9 +343,10 @@ def _loop(
     """Epochs from ``state.next_epoch`` until the budget or early stopping; returns whether it stopped early."""
     checkpoint = Checkpoint(data.workdir)
     unwrapped = run.accelerator.unwrap_model(run.model)
-    if state.history and run.monitor is not None and state.bad_epochs >= tcfg.patience:
+    plan = run.schedule
+    if state.history and run.monitor is not None and state.bad_epochs >= plan.patience:
         return True
-    for epoch in range(state.next_epoch, tcfg.epochs):
+    for epoch in range(state.next_epoch, plan.epochs):
         run.sampler.set_epoch(epoch)
         run.loader.set_epoch(epoch)  # Accelerate's loader re-sets the sampler's epoch from its own counter
         stats = train_epoch(
@@ -345,11 +363,13 @@ def _loop(
         if run.monitor is not None:
             row |= _monitor_row(run, data, transform, tcfg)
             monitored = row["val_loss"]
-        row |= {"lr": float(run.optimizer.param_groups[0]["lr"])} | {
+        row |= {"lr": float(run.optimizer.param_groups[0]["lr"]), "max_epochs": float(plan.epochs)} | {
             k: stats[k] for k in stats if k != "train_loss"
         }
         state.history.append(row)
-        if monitored < state.best_loss - tcfg.min_delta:
+        if epoch + 1 < plan.min_epochs:
+            pass  # warm-up: no epoch before it can be restored, nor count towards patience
+        elif monitored < state.best_loss - tcfg.min_delta:
             state.best_loss, state.best_epoch, state.bad_epochs = monitored, epoch, 0
             state.best_state = {k: v.detach().cpu().clone() for k, v in unwrapped.state_dict().items()}
         else:
@@ -360,7 +380,7 @@ def _loop(
             data.on_epoch(epoch, row)
         state.next_epoch = epoch + 1
         checkpoint.save(unwrapped, run.optimizer, run.scheduler, state)
-        if run.monitor is not None and state.bad_epochs >= tcfg.patience:
+        if run.monitor is not None and state.bad_epochs >= plan.patience:
             return True
         if data.stop_after_epoch is not None and epoch >= data.stop_after_epoch:
             raise KeyboardInterrupt(f"stopped after epoch {epoch} (test interruption)")
@@ -380,7 +400,7 @@ def fit_network(
 
     Args:
         model: the freshly built network.
-        data: rows to train on and to monitor (early stopping; empty: train ``tcfg.epochs`` epochs).
+        data: rows to train on and to monitor (early stopping; empty: train the whole epoch budget).
         normalizer, transform: fitted on the training rows.
         tcfg, sampling: the ``train`` and ``sampling`` config sections.
         tracking: W&B settings.
@@ -390,15 +410,18 @@ def fit_network(
         build_tensors(data, data.monitor, normalizer, transform, tcfg) if data.monitor.size else None
     )
     loss_fn = SocLoss(tcfg.loss_type, tcfg.loss_alpha, tcfg.loss_sigma, tuple(tcfg.quantiles))
-    optimizer, scheduler = build_optimisation(model, tcfg)
+    schedule = resolve_schedule(tcfg, int(data.train.size))
+    optimizer, scheduler = build_optimisation(model, tcfg, schedule)
     sampler = build_sampler(data.target[data.train], sampling, data.seed)
     sigma = train_set.sigma if train_set.sigma is not None else torch.zeros_like(train_set.y)
     loader = DataLoader(
-        TensorDataset(train_set.x, train_set.y, sigma), batch_size=tcfg.batch_size, sampler=sampler
+        TensorDataset(train_set.x, train_set.y, sigma), batch_size=schedule.batch_size, sampler=sampler
     )
     accelerator = Accelerator()
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    run = _Run(model, optimizer, scheduler, loader, sampler, loss_fn, accelerator, train_set, monitor_set)
+    run = _Run(
+        model, optimizer, scheduler, loader, sampler, loss_fn, accelerator, train_set, monitor_set, schedule
+    )
     state = Checkpoint(data.workdir).load(accelerator.unwrap_model(model), optimizer, scheduler)
     tracker = _Tracker(tracking, data.workdir)
     n_parameters = sum(p.numel() for p in model.parameters())
@@ -409,5 +432,11 @@ def fit_network(
     if state.best_state is not None:
         final.load_state_dict(state.best_state)  # the best epoch's weights, not the last epoch's
     info = FitInfo(n_parameters, len(state.history), state.best_epoch, stopped, state.history)
+    info.schedule = schedule.to_json()
+    if monitor_set is not None and not stopped and state.best_epoch == schedule.epochs - 1:
+        info.warnings.append(
+            f"still improving at the last epoch ({schedule.epochs}, {schedule.epochs * schedule.steps_per_epoch} "
+            "optimiser steps): the network may be under-trained; raise train.max_steps (or train.epochs)"
+        )
     tracker.finish({f"final/{k}": v for k, v in (state.history[-1] if state.history else {}).items()})
     return final.cpu().eval(), info

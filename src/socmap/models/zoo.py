@@ -3,6 +3,8 @@
 | kind | family | module |
 |---|---|---|
 | ``cnn_lstm`` | deep | :mod:`socmap.models.deep` (network in :mod:`socmap.models.networks`) |
+| ``transformer`` | deep | :mod:`socmap.models.deep` (temporal transformer over per-step CNN features) |
+| ``cnn3d`` | deep | :mod:`socmap.models.deep` (3D CNN over time, height, width) |
 | ``rf`` | tree | :mod:`socmap.models.trees` (scikit-learn random forest) |
 | ``qrf`` | tree | :mod:`socmap.models.trees` (quantile-forest; intervals) |
 | ``xgb`` | tree | :mod:`socmap.models.trees` (XGBoost) |
@@ -18,7 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from socmap.models.base import SocModel
-from socmap.models.deep import CnnLstmModel
+from socmap.models.deep import Cnn3dModel, CnnLstmModel, TransformerModel
 from socmap.models.ensemble import EnsembleModel, EnsembleOptions
 from socmap.models.registry import available_models, create_model, register_model
 from socmap.models.trees import FeatureModel, ForestModel, LinearModel, QuantileForestModel, XGBoostModel
@@ -45,6 +47,14 @@ def _ensemble(config: SocmapConfig) -> EnsembleModel:
 register_model(
     "cnn_lstm", CnnLstmModel, CnnLstmModel.from_config, "CNN per step + LSTM over time (deep)", "deep"
 )
+register_model(
+    "transformer",
+    TransformerModel,
+    TransformerModel.from_config,
+    "per-step CNN + transformer encoder over time (deep)",
+    "deep",
+)
+register_model("cnn3d", Cnn3dModel, Cnn3dModel.from_config, "3D CNN over time and space (deep)", "deep")
 register_model("rf", ForestModel, _feature_factory(ForestModel), "random forest on window features", "tree")
 register_model(
     "qrf",

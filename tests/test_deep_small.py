@@ -1,0 +1,284 @@
+"""Deep models on small data (issue 14): step-counted schedules, no silent collapse, the log transform's mean,
+augmentation, the transformer / 3D CNN / bidirectional LSTM, seed ensembles and fine-tuning (--init-from)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from socmap.config import SamplingConfig, SocmapConfig, SplitConfig, TrainConfig
+from socmap.errors import InputError
+from socmap.models import load_model, save_model
+from socmap.models.base import FitData, InputSpec, TargetInfo
+from socmap.models.checks import degenerate_warning
+from socmap.models.deep import Cnn3dModel, CnnLstmModel, DeepModel, SeedEnsemble, TransformerModel
+from socmap.models.networks import (
+    Cnn3d,
+    RefittedCovLSTM,
+    TemporalTransformer,
+    check_network_options,
+)
+from socmap.models.schedule import auto_batch_size, resolve_schedule
+from socmap.models.trainer import augment_batch
+from socmap.transforms import TargetTransform
+
+SPEC = InputSpec(("a", "b"), (), 5, 3, ("1", "2", "3"), {}, TargetInfo("soc", "g/kg"))
+FAST = {"max_steps": 120, "min_steps": 30, "patience_steps": 60, "lr": 3e-3, "seed_models": 1}
+
+
+def _data(n: int = 160, seed: int = 0, log_noise: float = 0.0) -> FitData:
+    """Windows whose centre pixel of band a at the newest step drives the target (log-linear if noisy)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 2, 5, 5, 3)).astype(np.float32)
+    signal = x[:, 0, 2, 2, -1].astype(np.float64)
+    y = np.exp(1.5 + 0.6 * signal + log_noise * rng.normal(size=n)) if log_noise else 10 + 3 * signal
+    coords = np.column_stack([rng.uniform(10, 11, n), rng.uniform(48, 49, n)])
+    return FitData(x, y, np.arange(n), np.empty(0, np.int64), SPEC, coords, None, seed, None)
+
+
+def _model(cls: type[DeepModel] = CnnLstmModel, **train: object) -> DeepModel:
+    options = {**FAST, **train}
+    return cls(TrainConfig(**options), SamplingConfig(), None, SplitConfig(method="random"))  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------------- schedule
+@pytest.mark.parametrize(("n", "batch"), [(1, 16), (140, 16), (900, 32), (3_500, 128), (16_000, 256)])
+def test_batch_size_follows_the_data(n: int, batch: int) -> None:
+    assert auto_batch_size(n) == batch
+
+
+def test_schedule_is_counted_in_steps() -> None:
+    small = resolve_schedule(TrainConfig(), 140)  # 9 steps per epoch of 16
+    assert (small.batch_size, small.steps_per_epoch) == (16, 9)
+    assert small.epochs == math.ceil(10_000 / 9) and small.patience == math.ceil(500 / 9)
+    assert small.min_epochs == math.ceil(200 / 9)
+    large = resolve_schedule(TrainConfig(), 16_000)
+    assert (large.batch_size, large.epochs, large.patience, large.min_epochs) == (
+        256,
+        math.ceil(10_000 / 63),
+        8,
+        4,
+    )
+    given = resolve_schedule(TrainConfig(epochs=4, patience=2, batch_size=64), 140)
+    assert (given.batch_size, given.epochs, given.patience, given.min_epochs) == (64, 4, 2, 4)
+
+
+def test_warm_up_never_restores_an_early_epoch() -> None:
+    """A learning rate that makes the loss blow up after epoch 0 would restore epoch 0 without a warm-up."""
+    data = _data(120)
+    model = _model(lr=0.5, min_steps=40, max_steps=80, patience_steps=10)
+    info = model.fit(data)
+    plan = info.schedule
+    assert info.best_epoch >= plan["min_epochs"] - 1 > 0
+    assert len(info.history) >= plan["min_epochs"]
+
+
+# ------------------------------------------------------------------------------------------- collapse
+def test_degenerate_warning_numbers() -> None:
+    rng = np.random.default_rng(1)
+    obs = rng.normal(10, 3, 200)
+    assert degenerate_warning(obs, obs + rng.normal(0, 1, 200), "x") is None
+    flat = degenerate_warning(obs, 10 + 0.05 * rng.normal(size=200), "the test fold")
+    assert flat is not None and "near-constant" in flat and "the test fold" in flat
+    unrelated = degenerate_warning(obs, rng.normal(10, 3, 200), "x")
+    assert unrelated is not None and "do not follow" in unrelated
+    assert degenerate_warning(obs[:5], obs[:5] * 0, "x") is None  # too few rows to judge
+
+
+def test_an_untrained_network_is_reported() -> None:
+    """A learning rate of ~0 leaves the network at its initial (near-constant) output: the fit must say so."""
+    model = _model(lr=1e-12, max_steps=20, min_steps=10)
+    info = model.fit(_data(120))
+    assert any("degenerate model on its early-stopping rows" in w for w in info.warnings)
+
+
+def test_cv_reports_a_degenerate_fold(tmp_path: Path) -> None:
+    from socmap.evaluate.stage import CVResult, _fit_fold  # the fold fit that cv runs
+
+    data = _data(120)
+
+    class Prepared:  # the two attributes _fit_fold reads besides windows/target
+        windows, target, coords = data.windows, data.target, data.coords
+
+        class meta:
+            @staticmethod
+            def input_spec() -> InputSpec:
+                return SPEC
+
+        @staticmethod
+        def sigma() -> None:
+            return None
+
+    config = SocmapConfig.model_validate(
+        {"train": {**FAST, "lr": 1e-12, "max_steps": 20, "min_steps": 10}, "split": {"method": "random"}}
+    )
+    fold = (np.arange(100), np.arange(100, 120))
+    fit = _fit_fold("cnn_lstm", config, Prepared, fold, 0, tmp_path / "f")  # type: ignore[arg-type]
+    assert any("degenerate model on its test fold" in w for w in fit.info.warnings)
+    assert "warnings" in CVResult.__dataclass_fields__
+
+
+# ------------------------------------------------------------------------------------------- log target
+def test_smearing_and_lognormal_corrections_match_the_formulas() -> None:
+    rng = np.random.default_rng(3)
+    y = np.exp(rng.normal(2, 0.5, 5000)) - 1
+    t = TargetTransform("log").fit(y)
+    m, s = np.mean(np.log1p(y)), np.std(np.log1p(y))
+    assert t.params["mean"] == pytest.approx(m) and t.params["std"] == pytest.approx(s)
+    z = t.forward(y)
+    np.testing.assert_allclose(t.inverse(z), y, rtol=1e-10)
+    residual = rng.normal(0, 0.4, 5000)  # log-scale residuals of sd 0.4
+    t.fit_smearing(z, z - residual / s)
+    assert t.params["smearing"] == pytest.approx(np.mean(np.exp(residual)))
+    assert t.params["smearing"] == pytest.approx(math.exp(0.4**2 / 2), rel=0.02)
+    zero = np.zeros(1)
+    assert t.inverse_mean(zero)[0] == pytest.approx(math.exp(m) * t.params["smearing"] - 1)
+    log_var = np.array([math.log(0.3**2 / s**2)])  # a Gaussian head's log variance, transformed scale
+    assert t.inverse_mean(zero, log_var)[0] == pytest.approx(math.exp(m + 0.3**2 / 2) - 1)
+    old = TargetTransform.from_dict({"name": "log", "params": {}})  # saved before the z-score existed
+    np.testing.assert_allclose(old.inverse(np.log1p(y)), y, rtol=1e-10)
+
+
+def test_log_target_mean_tracks_the_observed_mean() -> None:
+    """On a skewed target the mean back-transform keeps the mean; the median back-transform is biased low.
+    Target: exp(1.5 + 0.6 s + 0.7 e), population mean exp(1.5 + 0.6²/2 + 0.7²/2); the training sample's mean
+    and the mean prediction over many new windows must both be near it."""
+    data = _data(400, seed=5, log_noise=0.7)
+    model = _model(target_transform="log", max_steps=600, min_steps=200, patience_steps=200)
+    model.fit(data)
+    windows = _data(4000, seed=6, log_noise=0.7).windows
+    mean_pred = float(np.mean(model.predict(windows)))
+    median_model = model._shallow_copy()
+    median_model.train_cfg = TrainConfig(back_transform="median")
+    median_pred = float(np.mean(median_model.predict(windows)))
+    population = math.exp(1.5 + 0.6**2 / 2 + 0.7**2 / 2)
+    assert abs(float(np.mean(data.target)) - population) / population < 0.05
+    assert abs(mean_pred - population) / population < 0.12
+    assert median_pred < 0.8 * population  # the plain back-transform: about the median
+
+
+# ------------------------------------------------------------------------------------------- augmentation
+def test_dihedral_augmentation_is_a_symmetry_of_each_window() -> None:
+    torch.manual_seed(0)
+    x = torch.arange(2 * 3 * 5 * 5 * 2, dtype=torch.float32).reshape(2, 3, 5, 5, 2)
+    cfg = TrainConfig(augment="dihedral")
+    symmetries = [torch.rot90(x, k, dims=(2, 3)) for k in range(4)]
+    symmetries += [torch.rot90(x.flip(3), k, dims=(2, 3)) for k in range(4)]
+    seen = set()
+    for _ in range(60):
+        out = augment_batch(x, cfg)
+        match = [i for i, s in enumerate(symmetries) if torch.equal(out, s)]
+        assert len(match) == 1
+        seen.add(match[0])
+        assert torch.equal(out[:, :, 2, 2], x[:, :, 2, 2])  # the sample's own pixel stays in the centre
+    assert seen == set(range(8))
+    noisy = augment_batch(x, TrainConfig(input_noise=0.1))
+    assert 0.05 < float((noisy - x).std()) < 0.15
+    assert torch.equal(augment_batch(x, TrainConfig()), x)
+
+
+# ------------------------------------------------------------------------------------------- networks
+@pytest.mark.parametrize("steps", [1, 12])
+@pytest.mark.parametrize("window", [1, 3, 5])
+def test_new_networks_take_any_window_and_sequence(steps: int, window: int) -> None:
+    x = torch.randn(4, 3, window, window, steps)
+    for net in (TemporalTransformer(3, steps), Cnn3d(3, channels=8)):
+        assert net(x).shape == (4, 1)
+    if window >= 4:
+        assert RefittedCovLSTM(3, window_size=window, bidirectional=True)(x).shape == (4, 1)
+
+
+def test_bidirectional_lstm_reads_both_directions() -> None:
+    torch.manual_seed(0)
+    uni, bi = (
+        RefittedCovLSTM(2, 16, 16, 1, window_size=5),
+        RefittedCovLSTM(2, 16, 16, 1, window_size=5, bidirectional=True),
+    )
+    assert bi.lstm.bidirectional and bi.lstm_head[0].in_features == 32 and uni.lstm_head[0].in_features == 16
+    x = torch.randn(3, 2, 5, 5, 4)
+    x2 = x.clone()
+    x2[..., 0] += 1.0  # change only the oldest step
+    assert not torch.allclose(bi(x), bi(x2))
+    # the backward state after the oldest step is part of the head's input
+    _, (h_n, _) = bi.lstm(bi.cnn(x.permute(0, 4, 1, 2, 3).reshape(12, 2, 5, 5)).reshape(3, 4, -1))
+    assert h_n.shape == (2, 3, 16)
+
+
+def test_transformer_step_encoding_counts_from_the_newest_step() -> None:
+    torch.manual_seed(0)
+    net = TemporalTransformer(2, time_steps=4, layers=1).eval()
+    with torch.no_grad():
+        net.position.normal_()
+        x = torch.randn(2, 2, 3, 3, 2)
+        full = torch.cat([torch.randn(2, 2, 3, 3, 2), x], dim=-1)
+        tokens = net.stem(x.permute(0, 4, 1, 2, 3).reshape(4, 2, 3, 3)).reshape(2, 2, -1)
+        expected = net.head(
+            torch.cat(
+                [
+                    net.encoder(tokens + net.position[:, 2:]).mean(1),
+                    net.encoder(tokens + net.position[:, 2:])[:, -1],
+                ],
+                1,
+            )
+        )
+    assert torch.allclose(net(x), expected, atol=1e-6)
+    assert net(full).shape == (2, 1)
+
+
+def test_network_options_are_checked() -> None:
+    assert check_network_options("transformer", {"d_model": 32, "heads": 2}) == {"d_model": 32, "heads": 2}
+    with pytest.raises(InputError, match="expected one of d_model, dropout, heads, layers"):
+        check_network_options("transformer", {"width": 3})
+    with pytest.raises(InputError, match=r"models.cnn3d.channels: 2.5 is not a number of type int"):
+        check_network_options("cnn3d", {"channels": 2.5})
+    with pytest.raises(InputError, match="multiple of heads"):
+        TemporalTransformer(2, 3, d_model=30, heads=4)
+    with pytest.raises(ValueError, match=r"models\.cnn_lstm"):
+        SocmapConfig.model_validate({"models": {"cnn_lstm": {"lr": 1}}})
+
+
+@pytest.mark.parametrize("cls", [TransformerModel, Cnn3dModel, CnnLstmModel])
+def test_seed_ensembles_save_and_load_exactly(cls: type[DeepModel], tmp_path: Path) -> None:
+    model = _model(cls, seed_models=2, max_steps=20, min_steps=5, bidirectional=cls is CnnLstmModel)
+    info = model.fit(_data(100))
+    assert isinstance(model.net, SeedEnsemble) and len(model.net.members) == 2
+    assert info.schedule["seed_models"] == 2
+    first, second = (m(torch.ones(1, 2, 5, 5, 3)) for m in model.net.members)
+    assert not torch.allclose(first, second)  # two seeds, two networks
+    save_model(model, tmp_path)
+    loaded = load_model(tmp_path)
+    x = _data(30, seed=9).windows
+    np.testing.assert_allclose(loaded.predict(x), model.predict(x), rtol=1e-6)
+    assert loaded.for_inference().predict(x) == pytest.approx(model.predict(x), rel=1e-4)
+
+
+def test_seed_models_default_follows_the_data_size() -> None:
+    from socmap.models.deep import auto_seed_models
+
+    assert [auto_seed_models(n) for n in (100, 999, 1_000, 3_999, 4_000, 50_000)] == [5, 5, 3, 3, 1, 1]
+
+
+# ------------------------------------------------------------------------------------------- transfer
+def test_init_from_starts_from_the_given_weights(tmp_path: Path) -> None:
+    source = _model(max_steps=60, min_steps=10)
+    source.fit(_data(120))
+    save_model(source, tmp_path / "source")
+    x = _data(40, seed=4).windows
+
+    tuned = _model(lr=1e-12, max_steps=10, min_steps=1)
+    tuned.init_from = tmp_path / "source"
+    tuned.fit(_data(120, seed=2))
+    np.testing.assert_allclose(tuned.predict(x), source.predict(x), rtol=1e-5, atol=1e-5)
+
+    fresh = _model(lr=1e-12, max_steps=10, min_steps=1)
+    fresh.fit(_data(120, seed=2))
+    assert not np.allclose(fresh.predict(x), source.predict(x), rtol=1e-3)
+
+    other = _model(TransformerModel, max_steps=10, min_steps=1)
+    other.init_from = tmp_path / "source"
+    with pytest.raises(InputError, match="fine-tuning needs a 'transformer' model"):
+        other.fit(_data(120))
