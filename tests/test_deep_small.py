@@ -87,6 +87,7 @@ def test_degenerate_warning_numbers() -> None:
     unrelated = degenerate_warning(obs, rng.normal(10, 3, 200), "x")
     assert unrelated is not None and "do not follow" in unrelated
     assert degenerate_warning(obs[:5], obs[:5] * 0, "x") is None  # too few rows to judge
+    assert degenerate_warning(obs[:40], rng.normal(10, 3, 40), "x") is None  # CCC of 40 rows: noise
 
 
 def test_an_untrained_network_is_reported() -> None:

@@ -17,12 +17,13 @@ __all__ = ["MIN_CCC", "MIN_SPREAD_RATIO", "degenerate_warning"]
 MIN_SPREAD_RATIO = 0.1  # sd(predicted) / sd(observed) below this: near-constant predictions
 MIN_CCC = 0.05  # Lin's concordance below this: predictions do not follow the target
 MIN_ROWS = 10
+MIN_ROWS_CCC = 50  # below this a CCC near 0 is noise (its standard error is ~1/sqrt(n)), not evidence
 
 
 def degenerate_warning(observed: ArrayLike, predicted: ArrayLike, where: str) -> str | None:
-    """A one-line warning when ``predicted`` is near-constant (spread < 10 % of the target's) or does not
-    follow ``observed`` (CCC < 0.05) on the rows ``where`` names; None when the fit looks sane or there are
-    fewer than 10 finite rows."""
+    """A one-line warning when ``predicted`` is near-constant (spread < 10 % of the target's; 10 rows or more)
+    or does not follow ``observed`` (CCC < 0.05; 50 rows or more) on the rows ``where`` names; None when the
+    fit looks sane or there are too few finite rows to tell."""
     obs, pred = np.asarray(observed, np.float64), np.asarray(predicted, np.float64)
     ok = np.isfinite(obs) & np.isfinite(pred)
     if ok.sum() < MIN_ROWS or float(np.std(obs[ok])) == 0:
@@ -34,7 +35,7 @@ def degenerate_warning(observed: ArrayLike, predicted: ArrayLike, where: str) ->
             f"degenerate model on {where}: predictions are near-constant (spread {ratio:.1%} of the target's, "
             f"CCC {ccc:.3f}); the fit learned (almost) nothing: check the data, or train longer / more samples"
         )
-    if ccc < MIN_CCC:
+    if ccc < MIN_CCC and ok.sum() >= MIN_ROWS_CCC:
         return (
             f"degenerate model on {where}: predictions do not follow the target (CCC {ccc:.3f}, spread "
             f"{ratio:.0%} of the target's)"
