@@ -250,6 +250,11 @@ class PreparedData:
         """[N, 2] lon/lat degrees of the samples."""
         return self.samples[["lon", "lat"]].to_numpy(np.float64)
 
+    @property
+    def xy(self) -> NDArray[np.float64]:
+        """[N, 2] x/y of the samples in the working grid's CRS (what kriging models read)."""
+        return self.samples[["x", "y"]].to_numpy(np.float64)
+
     def sigma(self) -> NDArray[np.float64] | None:
         """Per-sample measurement sd (``samples.uncertainty``), or None."""
         if "uncertainty" not in self.samples.columns:

@@ -30,13 +30,14 @@ from socmap.data import RasterStack, read_block
 from socmap.mapping.members import cached_member
 from socmap.mapping.plan import Block, MapJob, region_mask
 from socmap.mapping.uncertainty import LEVELS, MODEL_INTERVALS, combine
-from socmap.models import SocModel
+from socmap.models import SocModel, predict_located
 from socmap.models.base import FloatArray
 from socmap.windows import window_offsets
 
 __all__ = [
     "compute_block",
     "job_members",
+    "pixel_centres",
     "predict_members",
     "read_inputs",
     "run_block",
@@ -104,7 +105,11 @@ def valid_pixels(data: NDArray[np.float32], size: int, min_valid_fraction: float
 
 
 def predict_members(
-    members: Sequence[SocModel], windows: NDArray[np.float32], method: str, batch_size: int
+    members: Sequence[SocModel],
+    windows: NDArray[np.float32],
+    method: str,
+    batch_size: int,
+    xy: FloatArray | None = None,
 ) -> FloatArray:
     """[4, N] float64 bands (mean, Q05, Q95, std) of raw windows [N, C, H, W, T].
 
@@ -113,14 +118,13 @@ def predict_members(
         windows: raw windows (NaN = nodata).
         method: the uncertainty method (quantiles are asked only for ``model_intervals``).
         batch_size: windows per model call.
+        xy: [N, 2] pixel-centre x/y in the grid CRS (passed to models that use locations, e.g. kriging).
     """
     points: list[FloatArray] = []
     quantiles: list[FloatArray | None] = []
     for m in members:
-        if method == MODEL_INTERVALS:
-            point, q = m.predict_with_quantiles(windows, LEVELS, batch_size)
-        else:
-            point, q = m.predict(windows, batch_size), None
+        levels = LEVELS if method == MODEL_INTERVALS else None
+        point, q = predict_located(m, windows, xy, levels, batch_size)
         points.append(np.asarray(point, np.float64))
         quantiles.append(q)
     return combine(points, quantiles, method)
@@ -131,6 +135,13 @@ def _cut_windows(
 ) -> NDArray[np.float32]:
     """Contiguous [n, C, size, size, T] windows of the selected pixels (view: [C, T, rows, cols, s, s])."""
     return np.ascontiguousarray(views[:, :, ri[sel], ci[sel]].transpose(2, 0, 3, 4, 1))
+
+
+def pixel_centres(job: MapJob, rows: NDArray[np.intp], cols: NDArray[np.intp]) -> FloatArray:
+    """[n, 2] x/y in the grid CRS of the centres of absolute grid pixels (rows, cols)."""
+    t = job.stack.grid.transform
+    c, r = cols + 0.5, rows + 0.5
+    return np.column_stack([t.c + t.a * c + t.b * r, t.f + t.d * c + t.e * r]).astype(np.float64)
 
 
 def compute_block(
@@ -159,6 +170,7 @@ def compute_block(
     data = read_inputs(job.stack, job.labels, job.size, r0 + r_lo, r0 + r_hi, c0 + c_lo, c0 + c_hi)
     valid = mask[r_lo:r_hi, c_lo:c_hi] & valid_pixels(data, job.size, job.min_valid_fraction)
     ri, ci = np.nonzero(valid)
+    xy = pixel_centres(job, r0 + r_lo + ri, c0 + c_lo + ci) if any(m.uses_xy() for m in members) else None
     views = sliding_window_view(data, (job.size, job.size), axis=(2, 3))  # [C, T, rows, cols, size, size]
     values = np.empty((4, ri.size))
 
@@ -167,7 +179,9 @@ def compute_block(
             torch.set_num_threads(1)
         sel = slice(start, start + job.batch_size)
         windows = _cut_windows(views, ri, ci, sel)
-        values[:, sel] = predict_members(members, windows, job.method, job.batch_size)
+        values[:, sel] = predict_members(
+            members, windows, job.method, job.batch_size, xy[sel] if xy is not None else None
+        )
         return windows.shape[0]
 
     starts = range(0, ri.size, job.batch_size)
