@@ -252,7 +252,13 @@ def _fit_one(name: str, centre: FloatArray, gamma: FloatArray, counts: NDArray[n
     except (RuntimeError, ValueError):
         return None
     extra = {k: float(getattr(model, k)) for k in model.opt_arg}
-    return Variogram(name, float(model.var), float(model.len_scale), float(model.nugget), extra)
+    fitted = Variogram(name, float(model.var), float(model.len_scale), float(model.nugget), extra)
+    reached = float(fitted(centre[:1])[0]) - fitted.nugget
+    if (
+        reached >= 0.9 * fitted.var
+    ):  # the structure lies below the shortest lag seen: indistinguishable from nugget
+        return Variogram(name, 0.0, fitted.len_scale, fitted.sill, extra)
+    return fitted
 
 
 def fit_variogram(

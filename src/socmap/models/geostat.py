@@ -196,6 +196,8 @@ class _Kriged(SocModel):
 class OrdinaryKrigingModel(_Kriged):
     """Ordinary kriging of the target (no covariates): the geostatistical baseline."""
 
+    kind = "ok"
+
     def fit(self, data: FitData) -> FitInfo:
         """Variogram of the training targets; the kriging system is built at predict time."""
         self.inputs = data.inputs
@@ -248,6 +250,8 @@ class OrdinaryKrigingModel(_Kriged):
 
 class RegressionKrigingModel(_Kriged):
     """A base model of any kind plus ordinary kriging of its out-of-fold residuals."""
+
+    kind = "rk"
 
     def __init__(self, options: KrigingOptions | None = None, factory: MemberFactory | None = None) -> None:
         super().__init__(options)

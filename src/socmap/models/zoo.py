@@ -74,7 +74,13 @@ register_model(
     "linear",
 )
 register_model("ensemble", EnsembleModel, _ensemble, "blend of several kinds (mean or stacking)", "blend")
-register_model("ok", OrdinaryKrigingModel, _ok, "ordinary kriging, Gaussian interval from the kriging variance (baseline)", "kriging")
+register_model(
+    "ok",
+    OrdinaryKrigingModel,
+    _ok,
+    "ordinary kriging, Gaussian interval from the kriging variance (baseline)",
+    "kriging",
+)
 register_model(
     "rk",
     RegressionKrigingModel,
