@@ -31,6 +31,7 @@ from rasterio.transform import Affine
 from rasterio.vrt import WarpedVRT
 
 from socmap.config import SocmapConfig
+from socmap.coordinates import coordinate_bands
 from socmap.errors import InputError
 from socmap.region import load_region
 
@@ -492,10 +493,22 @@ class RasterStack:
     allow_warp: bool = True
     notes: list[str] = field(default_factory=list)
     warped: dict[str, str] = field(default_factory=dict)
+    coordinates: list[str] = field(default_factory=list)  # generated static bands (socmap.coordinates)
 
     @property
     def bands(self) -> list[str]:
-        return [*self.static, *self.temporal]
+        """Channel order: static rasters, generated coordinate bands, temporal rasters."""
+        return [*self.static, *self.coordinates, *self.temporal]
+
+    @property
+    def static_bands(self) -> list[str]:
+        """Every band constant in time: static rasters and coordinate bands."""
+        return [*self.static, *self.coordinates]
+
+    @property
+    def data_channels(self) -> list[int]:
+        """Channels read from rasters (the nodata policy counts only these, never generated coordinates)."""
+        return [i for i, b in enumerate(self.bands) if b not in self.coordinates]
 
     @property
     def integer_labels(self) -> bool:
@@ -657,6 +670,7 @@ def discover_stack(config: SocmapConfig) -> RasterStack:
         resampling=Resampling[ccfg.resampling],
         allow_warp=config.grid.allow_warp,
         notes=notes,
+        coordinates=coordinate_bands(ccfg.coordinates, ccfg.oblique_angles),
     )
 
 

@@ -26,6 +26,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import NDArray
 
 from socmap._atomic import atomic_file
+from socmap.coordinates import coordinate_values
 from socmap.data import RasterStack, read_block
 from socmap.mapping.members import cached_member
 from socmap.mapping.plan import Block, MapJob, region_mask
@@ -73,6 +74,11 @@ def read_inputs(
     r0, r1, c0, c1 = row0 - before, row1 + after, col0 - before, col1 + after
     data = np.full((len(stack.bands), len(labels), r1 - r0, c1 - c0), np.nan, dtype=np.float32)
     for ch, band in enumerate(stack.bands):
+        if band in stack.coordinates:  # generated from the pixel centres, as in prepare
+            grid = stack.grid
+            rr, cc = np.mgrid[r0:r1, c0:c1]
+            data[ch] = coordinate_values(band, tuple(grid.transform), (grid.height, grid.width), rr, cc)
+            continue
         if band in stack.static:
             with stack.open(band, None) as (src, nodata):
                 data[ch] = read_block(src, nodata, r0, r1, c0, c1)
@@ -168,7 +174,9 @@ def compute_block(
     r_lo, r_hi, c_lo, c_hi = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
     r0, c0 = block.row0, block.col0
     data = read_inputs(job.stack, job.labels, job.size, r0 + r_lo, r0 + r_hi, c0 + c_lo, c0 + c_hi)
-    valid = mask[r_lo:r_hi, c_lo:c_hi] & valid_pixels(data, job.size, job.min_valid_fraction)
+    channels = job.stack.data_channels  # generated coordinates never count as data
+    observed = data if len(channels) == data.shape[0] else data[channels]
+    valid = mask[r_lo:r_hi, c_lo:c_hi] & valid_pixels(observed, job.size, job.min_valid_fraction)
     ri, ci = np.nonzero(valid)
     xy = pixel_centres(job, r0 + r_lo + ri, c0 + c_lo + ci) if any(m.uses_xy() for m in members) else None
     views = sliding_window_view(data, (job.size, job.size), axis=(2, 3))  # [C, T, rows, cols, size, size]
