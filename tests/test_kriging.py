@@ -167,3 +167,32 @@ def test_kriging_options_are_checked() -> None:
         KrigingOptions.parse("ok", {"variogram_models": ["circular"]}, [])
     with pytest.raises(InputError, match=r"option.*base: expected among"):
         KrigingOptions.parse("ok", {"base": "rf"}, [])
+
+
+def test_regression_kriging_maps_with_kriging_intervals(small_synth_dir: Path, tmp_path: Path) -> None:
+    """End to end: rk (linear base) with coordinate covariates trains and maps block-wise; band 1 is the model's
+    prediction at the pixel centres, Q05/Q95 are prediction -/+ 1.645 kriging sd."""
+    from socmap.mapping.blocks import pixel_centres
+    from socmap.windows import extract_windows
+
+    from tests.test_mapping_models import YEAR, _map, _pixels, _read, _stack, _train
+
+    extra = {"train.model": "rk", "models": {"rk": {"base": "linear", "neighbours": 16}}}
+    run = _train(small_synth_dir, tmp_path / "run", None, **{"covariates.coordinates": "xy", **extra})
+    result = _map(run, tmp_path / "rk.tif")
+    values, _tags, descriptions = _read(result.out)
+    assert result.method == "model_intervals" and result.model_kinds == "rk" and result.n_mapped > 500
+    assert "kriging variance" in descriptions[1]
+    stack = _stack(run)
+    assert "coord_x" in stack.bands
+    r, c, rows, cols = _pixels(result.out, stack, 200)
+    windows = extract_windows(stack, rows, cols, [YEAR] * rows.size, 5, 5)
+    model = load_model(run / "runs" / "run_0")
+    assert isinstance(model, RegressionKrigingModel)
+    xy = pixel_centres(stack.grid.transform, rows, cols)
+    point = predict_located(model, windows, xy)[0]
+    _, kriging_var = model.krige(xy)
+    np.testing.assert_allclose(values[0, r, c], point, rtol=1e-5, atol=1e-4)
+    half = 1.6448536269514722 * np.sqrt(kriging_var)
+    np.testing.assert_allclose(values[1, r, c], point - half, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(values[2, r, c], point + half, rtol=1e-5, atol=1e-4)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import NDArray
+from rasterio.transform import Affine
 
 from socmap._atomic import atomic_file
 from socmap.coordinates import coordinate_values
@@ -143,9 +144,10 @@ def _cut_windows(
     return np.ascontiguousarray(views[:, :, ri[sel], ci[sel]].transpose(2, 0, 3, 4, 1))
 
 
-def pixel_centres(job: MapJob, rows: NDArray[np.intp], cols: NDArray[np.intp]) -> FloatArray:
-    """[n, 2] x/y in the grid CRS of the centres of absolute grid pixels (rows, cols)."""
-    t = job.stack.grid.transform
+def pixel_centres(transform: Affine, rows: NDArray[np.intp], cols: NDArray[np.intp]) -> FloatArray:
+    """[n, 2] x/y in the grid CRS of the centres of absolute grid pixels (rows, cols) (``transform``: the
+    working grid's affine)."""
+    t = transform
     c, r = cols + 0.5, rows + 0.5
     return np.column_stack([t.c + t.a * c + t.b * r, t.f + t.d * c + t.e * r]).astype(np.float64)
 
@@ -178,7 +180,11 @@ def compute_block(
     observed = data if len(channels) == data.shape[0] else data[channels]
     valid = mask[r_lo:r_hi, c_lo:c_hi] & valid_pixels(observed, job.size, job.min_valid_fraction)
     ri, ci = np.nonzero(valid)
-    xy = pixel_centres(job, r0 + r_lo + ri, c0 + c_lo + ci) if any(m.uses_xy() for m in members) else None
+    xy = (
+        pixel_centres(job.stack.grid.transform, r0 + r_lo + ri, c0 + c_lo + ci)
+        if any(m.uses_xy() for m in members)
+        else None
+    )
     views = sliding_window_view(data, (job.size, job.size), axis=(2, 3))  # [C, T, rows, cols, size, size]
     values = np.empty((4, ri.size))
 
