@@ -16,6 +16,7 @@ from socmap.kriging import LocalKriging, LocationFrame, Variogram, fit_variogram
 from socmap.models import FitData, InputSpec, TargetInfo, load_model, predict_located, save_model
 from socmap.models.geostat import KrigingOptions, OrdinaryKrigingModel, RegressionKrigingModel
 from socmap.models.trees import ForestModel, LinearModel
+from socmap.report import build_report
 
 LEVELS = (0.05, 0.5, 0.95)
 FOREST = {"n_estimators": 30, "min_samples_leaf": 1}  # a forest that nearly interpolates its training rows
@@ -196,3 +197,7 @@ def test_regression_kriging_maps_with_kriging_intervals(small_synth_dir: Path, t
     half = 1.6448536269514722 * np.sqrt(kriging_var)
     np.testing.assert_allclose(values[1, r, c], point - half, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(values[2, r, c], point + half, rtol=1e-5, atol=1e-4)
+    page = build_report(run).read_text()
+    section = page[page.index('id="variogram"') :]
+    section = section[: section.index("</section>")]
+    assert model.variogram is not None and f"<td>{model.variogram.model}</td>" in section
