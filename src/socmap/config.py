@@ -119,6 +119,11 @@ class CovariatesConfig(_Section):
     oblique_angles: int = Field(
         6, ge=2, le=72, description="Number of angles of the oblique coordinates (evenly spaced in [0, 180))."
     )
+    categorical: list[str] = Field(
+        [],
+        description="Static bands holding class codes (soil class, land cover): warped with nearest (mode when "
+        "resampling is average) and one-hot encoded by the tree and linear models.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> CovariatesConfig:
@@ -133,6 +138,12 @@ class CovariatesConfig(_Section):
         dup = sorted({b for b in self.static + self.temporal if (self.static + self.temporal).count(b) > 1})
         if dup:
             raise ValueError(f"covariates: band(s) {', '.join(dup)} listed twice")
+        bad = [b for b in self.categorical if b not in self.static]
+        if bad:
+            raise ValueError(
+                f"covariates.categorical {', '.join(bad)}: expected among the static bands "
+                f"({', '.join(self.static) or 'none'})"
+            )
         from socmap.coordinates import is_coordinate_band
 
         reserved = [b for b in self.static + self.temporal if is_coordinate_band(b)]

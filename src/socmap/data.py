@@ -494,6 +494,7 @@ class RasterStack:
     notes: list[str] = field(default_factory=list)
     warped: dict[str, str] = field(default_factory=dict)
     coordinates: list[str] = field(default_factory=list)  # generated static bands (socmap.coordinates)
+    categorical: list[str] = field(default_factory=list)  # class-code bands: never interpolated
 
     @property
     def bands(self) -> list[str]:
@@ -536,6 +537,13 @@ class RasterStack:
             return min(values) <= int(label) <= max(values)
         return label in self.time_labels
 
+    def _resampling(self, band: str) -> Resampling:
+        """The configured resampling; for a categorical band nearest (mode instead of average): a class code
+        is never interpolated."""
+        if band not in self.categorical:
+            return self.resampling
+        return Resampling.mode if self.resampling == Resampling.average else Resampling.nearest
+
     @contextlib.contextmanager
     def open(self, band: str, label: str | None) -> Iterator[tuple[DatasetReader | WarpedVRT, float | None]]:
         """Open one file on the working grid; yields (dataset, nodata value)."""
@@ -573,7 +581,7 @@ class RasterStack:
                 "transform": self.grid.transform,
                 "width": self.grid.width,
                 "height": self.grid.height,
-                "resampling": Resampling.nearest if aligned_subset else self.resampling,
+                "resampling": Resampling.nearest if aligned_subset else self._resampling(band),
                 "src_nodata": nodata if nodata is not None else np.nan,
                 "nodata": np.nan,
                 "dtype": "float32",
@@ -671,6 +679,7 @@ def discover_stack(config: SocmapConfig) -> RasterStack:
         allow_warp=config.grid.allow_warp,
         notes=notes,
         coordinates=coordinate_bands(ccfg.coordinates, ccfg.oblique_angles),
+        categorical=list(ccfg.categorical),
     )
 
 

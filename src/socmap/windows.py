@@ -220,6 +220,7 @@ class PreparedMeta:
     warnings: list[str]
     fingerprint: dict[str, Any]
     seconds: float = 0.0
+    categorical_bands: list[str] = dataclasses.field(default_factory=list)
     socmap_version: str = __version__
     nodata_policy: str = "NaN in windows.npy; filled with the training mean of band and step when used"
 
@@ -233,6 +234,7 @@ class PreparedMeta:
             tuple(self.time_labels),
             self.grid,
             self.target,
+            tuple(self.categorical_bands),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -421,6 +423,7 @@ def prepare(
         warnings=table.warnings + stack.notes + [f"warped {k}: {v}" for k, v in stack.warped.items()],
         fingerprint=fingerprint,
         seconds=round(time.perf_counter() - started, 3),
+        categorical_bands=list(stack.categorical),
     )
     columns = [
         "sample_id",

@@ -70,6 +70,7 @@ class InputSpec:
     time_labels: tuple[str, ...]
     grid: dict[str, Any]
     target: TargetInfo
+    categorical: tuple[str, ...] = ()  # bands holding class codes (covariates.categorical)
 
     @property
     def window_shape(self) -> tuple[int, int, int, int]:
@@ -80,6 +81,11 @@ class InputSpec:
     def static_channels(self) -> tuple[int, ...]:
         """Channel indices of the static bands."""
         return tuple(self.bands.index(b) for b in self.static_bands)
+
+    @property
+    def categorical_channels(self) -> tuple[int, ...]:
+        """Channel indices of the categorical bands."""
+        return tuple(self.bands.index(b) for b in self.categorical)
 
     def check_bands(self, bands: Sequence[str], where: str) -> None:
         """Refuse data whose bands differ (by name or order) from the model's."""
@@ -107,7 +113,7 @@ class InputSpec:
             "time_labels": list(self.time_labels),
             "grid": self.grid,
             "target": self.target.to_json(),
-        }
+        } | ({"categorical": list(self.categorical)} if self.categorical else {})
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> InputSpec:
@@ -120,6 +126,7 @@ class InputSpec:
             time_labels=tuple(str(t) for t in data.get("time_labels", ())),
             grid=dict(data.get("grid", {})),
             target=TargetInfo.from_json(data.get("target", {})),
+            categorical=tuple(str(b) for b in data.get("categorical", ())),
         )
 
 
