@@ -44,6 +44,7 @@ _GS_NAMES = {
     "stable": "Stable",
 }
 KRIGE_BATCH = 2048
+MIN_NUGGET = 0.01  # share of the empirical variogram's maximum
 
 
 @dataclass(frozen=True)
@@ -244,7 +245,10 @@ def _fit_one(name: str, centre: FloatArray, gamma: FloatArray, counts: NDArray[n
     bounds: dict[str, Any] = {"var": [0.0, 4.0 * top], "len_scale": [max_lag * 1e-3, 4.0 * max_lag]}
     if "nu" in model.opt_arg:
         bounds["nu"] = [0.5, 5.0]
-    model.set_arg_bounds(nugget=[0.0, 2.0 * top], **bounds)
+    # a nugget of at least 1 % of the sill keeps every kriging system well conditioned (a smooth model without
+    # nugget and close samples otherwise give wild weights)
+    model.nugget = max(model.nugget, MIN_NUGGET * top)
+    model.set_arg_bounds(nugget=[MIN_NUGGET * top, 2.0 * top], **bounds)
     try:
         model.fit_variogram(
             centre, gamma, nugget=True, weights=_weights(centre, counts), loss="linear", init_guess="current"
