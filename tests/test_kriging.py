@@ -201,3 +201,18 @@ def test_regression_kriging_maps_with_kriging_intervals(small_synth_dir: Path, t
     section = page[page.index('id="variogram"') :]
     section = section[: section.index("</section>")]
     assert model.variogram is not None and f"<td>{model.variogram.model}</td>" in section
+
+
+def test_smooth_field_with_near_duplicate_points_stays_well_conditioned() -> None:
+    """A Gaussian field without nugget sampled at pairs 1 m apart: the fitted nugget is at least 1 % of the
+    sill and kriged values stay within the data's range (an unbounded system gave R² -301 on Edgeroi)."""
+    rng = np.random.default_rng(6)
+    xy = rng.uniform(0.0, 50.0, (150, 2))
+    xy = np.vstack([xy, xy + 0.001])
+    z = np.asarray(gs.SRF(gs.Gaussian(dim=2, var=1.0, len_scale=3.0), seed=6)((xy[:, 0], xy[:, 1])))
+    z += rng.normal(0.0, 1e-3, z.size)
+    fit = fit_variogram(xy, z, ["gaussian"])
+    assert fit.nugget >= 0.01 * max(fit.gamma) - 1e-12
+    mean, var = LocalKriging(xy, z, fit, 32).predict(rng.uniform(0.0, 50.0, (300, 2)))
+    assert np.isfinite(mean).all() and (var >= 0).all()
+    assert mean.min() > z.min() - 0.5 * np.ptp(z) and mean.max() < z.max() + 0.5 * np.ptp(z)
