@@ -103,7 +103,7 @@ def test_cv_reports_a_degenerate_fold(tmp_path: Path) -> None:
     data = _data(120)
 
     class Prepared:  # the two attributes _fit_fold reads besides windows/target
-        windows, target, coords = data.windows, data.target, data.coords
+        windows, target, coords, xy = data.windows, data.target, data.coords, np.zeros((120, 2))
 
         class meta:
             @staticmethod

@@ -111,6 +111,19 @@ class CovariatesConfig(_Section):
     resampling: Literal["nearest", "bilinear", "cubic", "average"] = Field(
         "bilinear", description="Resampling when a raster is warped onto the working grid."
     )
+    coordinates: Literal["none", "xy", "oblique"] = Field(
+        "none",
+        description="Coordinates as static covariates, generated on the fly: xy (coord_x, coord_y in the grid "
+        "CRS) or oblique (ogc_<angle>: oblique geographic coordinates, Møller et al. 2020).",
+    )
+    oblique_angles: int = Field(
+        6, ge=2, le=72, description="Number of angles of the oblique coordinates (evenly spaced in [0, 180))."
+    )
+    categorical: list[str] = Field(
+        [],
+        description="Static bands holding class codes (soil class, land cover): warped with nearest (mode when "
+        "resampling is average) and one-hot encoded by the tree and linear models.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> CovariatesConfig:
@@ -125,6 +138,19 @@ class CovariatesConfig(_Section):
         dup = sorted({b for b in self.static + self.temporal if (self.static + self.temporal).count(b) > 1})
         if dup:
             raise ValueError(f"covariates: band(s) {', '.join(dup)} listed twice")
+        bad = [b for b in self.categorical if b not in self.static]
+        if bad:
+            raise ValueError(
+                f"covariates.categorical {', '.join(bad)}: expected among the static bands "
+                f"({', '.join(self.static) or 'none'})"
+            )
+        from socmap.coordinates import is_coordinate_band
+
+        reserved = [b for b in self.static + self.temporal if is_coordinate_band(b)]
+        if reserved:
+            raise ValueError(
+                f"covariates: band name(s) {', '.join(reserved)} are reserved for covariates.coordinates"
+            )
         return self
 
 

@@ -31,6 +31,7 @@ from rasterio.transform import Affine
 from rasterio.vrt import WarpedVRT
 
 from socmap.config import SocmapConfig
+from socmap.coordinates import coordinate_bands
 from socmap.errors import InputError
 from socmap.region import load_region
 
@@ -492,10 +493,23 @@ class RasterStack:
     allow_warp: bool = True
     notes: list[str] = field(default_factory=list)
     warped: dict[str, str] = field(default_factory=dict)
+    coordinates: list[str] = field(default_factory=list)  # generated static bands (socmap.coordinates)
+    categorical: list[str] = field(default_factory=list)  # class-code bands: never interpolated
 
     @property
     def bands(self) -> list[str]:
-        return [*self.static, *self.temporal]
+        """Channel order: static rasters, generated coordinate bands, temporal rasters."""
+        return [*self.static, *self.coordinates, *self.temporal]
+
+    @property
+    def static_bands(self) -> list[str]:
+        """Every band constant in time: static rasters and coordinate bands."""
+        return [*self.static, *self.coordinates]
+
+    @property
+    def data_channels(self) -> list[int]:
+        """Channels read from rasters (the nodata policy counts only these, never generated coordinates)."""
+        return [i for i, b in enumerate(self.bands) if b not in self.coordinates]
 
     @property
     def integer_labels(self) -> bool:
@@ -522,6 +536,13 @@ class RasterStack:
             values = [int(t) for t in self.time_labels]
             return min(values) <= int(label) <= max(values)
         return label in self.time_labels
+
+    def _resampling(self, band: str) -> Resampling:
+        """The configured resampling; for a categorical band nearest (mode instead of average): a class code
+        is never interpolated."""
+        if band not in self.categorical:
+            return self.resampling
+        return Resampling.mode if self.resampling == Resampling.average else Resampling.nearest
 
     @contextlib.contextmanager
     def open(self, band: str, label: str | None) -> Iterator[tuple[DatasetReader | WarpedVRT, float | None]]:
@@ -560,7 +581,7 @@ class RasterStack:
                 "transform": self.grid.transform,
                 "width": self.grid.width,
                 "height": self.grid.height,
-                "resampling": Resampling.nearest if aligned_subset else self.resampling,
+                "resampling": Resampling.nearest if aligned_subset else self._resampling(band),
                 "src_nodata": nodata if nodata is not None else np.nan,
                 "nodata": np.nan,
                 "dtype": "float32",
@@ -657,6 +678,8 @@ def discover_stack(config: SocmapConfig) -> RasterStack:
         resampling=Resampling[ccfg.resampling],
         allow_warp=config.grid.allow_warp,
         notes=notes,
+        coordinates=coordinate_bands(ccfg.coordinates, ccfg.oblique_angles),
+        categorical=list(ccfg.categorical),
     )
 
 

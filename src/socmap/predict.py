@@ -18,7 +18,7 @@ from socmap._atomic import atomic_file, write_json
 from socmap.config import SocmapConfig
 from socmap.errors import InputError, OutputError
 from socmap.metrics import interval_metrics, regression_metrics
-from socmap.models import SocModel, load_model
+from socmap.models import SocModel, load_model, predict_located
 from socmap.runfolder import RunFolder
 from socmap.windows import prepare
 
@@ -45,10 +45,13 @@ def load_members(run_dir: str | Path, expected_bands: list[str] | None = None) -
     return [load_model(d, expected_bands) for d in RunFolder(Path(run_dir)).member_dirs()]
 
 
-def predict_table(members: list[SocModel], windows: NDArray[np.float32]) -> dict[str, NDArray[np.float64]]:
+def predict_table(
+    members: list[SocModel], windows: NDArray[np.float32], xy: NDArray[np.float64] | None = None
+) -> dict[str, NDArray[np.float64]]:
     """Mean of the members' predictions, their spread (ddof 1, >= 2 members) and, when every member gives
-    them, the members' Q05/Q50/Q95 averaged; original scale."""
-    pairs = [m.predict_with_quantiles(windows, INTERVAL_LEVELS) for m in members]
+    them, the members' Q05/Q50/Q95 averaged; original scale. ``xy``: the samples' grid-CRS locations (needed
+    by kriging models)."""
+    pairs = [predict_located(m, windows, xy, INTERVAL_LEVELS) for m in members]
     preds = np.stack([p for p, _ in pairs])
     out = {"predicted": preds.mean(axis=0)}
     if len(members) > 1:
@@ -88,7 +91,7 @@ def predict_samples(
     members = load_members(run, expected_bands=data.bands)
     members[0].require_inputs().check_windows(data.windows.shape, str(run))
     table = data.samples[["sample_id", "lon", "lat", "time", "target"]].rename(columns={"target": "observed"})
-    for key, values in predict_table(members, np.asarray(data.windows)).items():
+    for key, values in predict_table(members, np.asarray(data.windows), data.xy).items():
         table[key] = values
     if len(table) == 0:
         raise InputError(f"no samples of {config.resolve(config.samples.path)} were kept; nothing to predict")

@@ -33,6 +33,7 @@ SECTIONS = (
     "Sample locations",
     "Target distributions",
     "Training curves",
+    "Variogram",
     "Observed vs predicted",
     "Metrics",
     "Model comparison",
@@ -218,6 +219,43 @@ def _curves_section(ctx: _Context) -> str:
     return _png(fig)
 
 
+def _variogram_section(ctx: _Context) -> str:
+    """The fitted variogram of a kriging model (rk: of the base model's out-of-fold residuals) over its
+    empirical variogram, per run, read from ``model.json``; a note for other models."""
+    fitted = []
+    for r in ctx.summary.runs:
+        path = ctx.run.run_dir(r.run) / "model.json"
+        state = json.loads(path.read_text()).get("state", {}) if path.is_file() else {}
+        if isinstance(state, dict) and isinstance(state.get("variogram"), dict):
+            fitted.append((r.run, state["variogram"], "base" in state))
+    if not fitted:
+        return f"<p>{html.escape(ctx.summary.model)} does not krige: no variogram.</p>"
+    from socmap.kriging import Variogram
+
+    plt = _figures()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    rows = []
+    for run, data, _residual in fitted:
+        v = Variogram.from_json(data)
+        h = np.linspace(0.0, max(v.bins or [1.0]), 200)
+        ax.scatter(v.bins, v.gamma, s=12, label=f"run {run} empirical")
+        ax.plot(h, v(h) + np.where(h > 0, 0.0, v.nugget), lw=1, label=f"run {run} {v.model}")
+        rows.append(
+            {
+                "run": run,
+                "model": v.model,
+                "nugget": v.nugget,
+                "partial sill": v.var,
+                "range (95%, km)": v.effective_range,
+            }
+        )
+    what = "out-of-fold residuals of the base model" if fitted[0][2] else ctx.target
+    ax.set_xlabel("lag (km)")
+    ax.set_ylabel(f"semivariance of {what}")
+    ax.legend(fontsize=7)
+    return _table(pd.DataFrame(rows)) + _png(fig)
+
+
 def _scatter_section(ctx: _Context) -> str:
     plt = _figures()
     unit, s = ctx.unit, ctx.summary
@@ -362,6 +400,7 @@ def build_report(
         _points_section(ctx),
         _distribution_section(ctx),
         _curves_section(ctx),
+        _variogram_section(ctx),
         _scatter_section(ctx),
         _metrics_section(ctx),
         _comparison_section(cv),

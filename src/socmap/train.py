@@ -30,7 +30,7 @@ from socmap._atomic import atomic_file, check_output_dir, write_json
 from socmap.config import SocmapConfig
 from socmap.errors import InputError, OutputError
 from socmap.metrics import interval_metrics, regression_metrics
-from socmap.models import FitData, SocModel, create_model, load_model, read_rows, save_model
+from socmap.models import FitData, SocModel, create_model, load_model, predict_located, read_rows, save_model
 from socmap.models.checks import degenerate_warning
 from socmap.runfolder import (
     AGGREGATED,
@@ -162,7 +162,7 @@ def _score_rows(
     model: SocModel, data: PreparedData, rows: NDArray[np.int64], label: str
 ) -> tuple[Score, pd.DataFrame]:
     """The model's predictions of ``rows`` (with Q05/Q50/Q95 where it gives them) and their score."""
-    point, quantiles = model.predict_with_quantiles(read_rows(data.windows, rows), INTERVAL_LEVELS)
+    point, quantiles = predict_located(model, read_rows(data.windows, rows), data.xy[rows], INTERVAL_LEVELS)
     table = _prediction_table(data, rows, point, quantiles)
     intervals = (
         interval_metrics(table["observed"], table["q05"], table["q95"], 0.9)
@@ -174,7 +174,7 @@ def _score_rows(
 
 def _training_fit(model: SocModel, data: PreparedData, rows: NDArray[np.int64]) -> Score:
     """Point metrics of the model on the rows it was given to fit (not a validation)."""
-    point = model.predict(read_rows(data.windows, rows))
+    point = predict_located(model, read_rows(data.windows, rows), data.xy[rows])[0]
     return Score(TRAINING_FIT, regression_metrics(data.target[rows], point))
 
 
@@ -239,6 +239,7 @@ def fit_run(
         folder,
         progress,
         stop_after_epoch,
+        xy=data.xy,
     )
     info = model.fit(fit_data)
     save_model(model, folder)

@@ -31,6 +31,7 @@ from pyproj import Transformer
 from socmap import __version__
 from socmap._atomic import atomic_dir, check_output_dir, write_json
 from socmap.config import SocmapConfig, dump_config
+from socmap.coordinates import coordinate_values
 from socmap.data import DROP_REASONS, GridSpec, RasterStack, discover_stack, load_samples, read_block
 from socmap.errors import InputError, OutputError
 from socmap.models.base import InputSpec, TargetInfo
@@ -115,6 +116,17 @@ def extract_windows(
         out = np.empty((n, c, size, size, steps), dtype=np.float32)
     out[...] = np.nan
     before, after = window_offsets(size)
+    offsets = np.arange(size) - before
+    for band in stack.coordinates:  # generated from pixel centres: identical to what a map block reads
+        grid = stack.grid
+        values = coordinate_values(
+            band,
+            tuple(grid.transform),
+            (grid.height, grid.width),
+            rows[:, None, None] + offsets[None, :, None],
+            cols[:, None, None] + offsets[None, None, :],
+        )
+        out[:, stack.bands.index(band)] = values[..., None]
     for (band, label), jobs in plan.tasks.items():
         ch = stack.bands.index(band)
         sample_idx = np.concatenate([j[0] for j in jobs])
@@ -155,8 +167,18 @@ def extract_windows_naive(
 
     before, _ = window_offsets(size)
     out = np.full((xs.size, len(stack.bands), size, size, steps), np.nan, dtype=np.float32)
+    grid = stack.grid
     for i in range(xs.size):
         for ch, band in enumerate(stack.bands):
+            if band in stack.coordinates:
+                row, col = (int(v[0]) for v in grid.rowcol(xs[i : i + 1], ys[i : i + 1]))
+                r_idx, c_idx = np.mgrid[
+                    row - before : row - before + size, col - before : col - before + size
+                ]
+                shape = (grid.height, grid.width)
+                values = coordinate_values(band, tuple(grid.transform), shape, r_idx, c_idx)
+                out[i, ch] = values[..., None]
+                continue
             if band in stack.static:
                 labels: list[str | None] = [None] * steps
             else:
@@ -198,6 +220,7 @@ class PreparedMeta:
     warnings: list[str]
     fingerprint: dict[str, Any]
     seconds: float = 0.0
+    categorical_bands: list[str] = dataclasses.field(default_factory=list)
     socmap_version: str = __version__
     nodata_policy: str = "NaN in windows.npy; filled with the training mean of band and step when used"
 
@@ -211,6 +234,7 @@ class PreparedMeta:
             tuple(self.time_labels),
             self.grid,
             self.target,
+            tuple(self.categorical_bands),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -250,6 +274,11 @@ class PreparedData:
         """[N, 2] lon/lat degrees of the samples."""
         return self.samples[["lon", "lat"]].to_numpy(np.float64)
 
+    @property
+    def xy(self) -> NDArray[np.float64]:
+        """[N, 2] x/y of the samples in the working grid's CRS (what kriging models read)."""
+        return self.samples[["x", "y"]].to_numpy(np.float64)
+
     def sigma(self) -> NDArray[np.float64] | None:
         """Per-sample measurement sd (``samples.uncertainty``), or None."""
         if "uncertainty" not in self.samples.columns:
@@ -268,6 +297,9 @@ def _data_hash(config: SocmapConfig) -> str:
     the config file's folder): ``RUN/config.yaml`` (absolute paths) hashes as the config it was written from."""
     keys = ("samples", "filters", "covariates", "windows", "grid")
     payload = {k: getattr(config, k).model_dump(mode="json") for k in keys}
+    for key, default in (("coordinates", "none"), ("oblique_angles", 6), ("categorical", [])):
+        if payload["covariates"].get(key, default) == default:  # keys added later: old hashes unchanged
+            payload["covariates"].pop(key, None)
     for section, key in (("samples", "path"), ("covariates", "root"), ("filters", "region")):
         value = getattr(getattr(config, section), key)
         if value is not None:
@@ -359,7 +391,7 @@ def prepare(
         size,
         steps,
     )
-    valid = np.isfinite(windows).mean(axis=(1, 2, 3, 4))
+    valid = np.isfinite(windows[:, stack.data_channels]).mean(axis=(1, 2, 3, 4))  # coordinates never count
     frame["valid_fraction"] = valid
     keep = valid >= config.filters.min_valid_fraction
     if not keep.any():
@@ -376,7 +408,7 @@ def prepare(
     meta = PreparedMeta(
         name=config.name,
         bands=stack.bands,
-        static_bands=stack.static,
+        static_bands=stack.static_bands,
         temporal_bands=stack.temporal,
         time_labels=stack.time_labels,
         time_steps=steps,
@@ -391,6 +423,7 @@ def prepare(
         warnings=table.warnings + stack.notes + [f"warped {k}: {v}" for k, v in stack.warped.items()],
         fingerprint=fingerprint,
         seconds=round(time.perf_counter() - started, 3),
+        categorical_bands=list(stack.categorical),
     )
     columns = [
         "sample_id",

@@ -150,7 +150,7 @@ def valid_pixel_points(
     from socmap.data import discover_stack
 
     stack = discover_stack(config)
-    band = stack.bands[0]
+    band = next(b for b in stack.bands if b not in stack.coordinates)  # a raster band
     label = None if band in stack.static else stack.time_labels[-1]
     if (band, label) not in stack.files:
         label = next(lab for b, lab in stack.files if b == band)

@@ -22,7 +22,7 @@ from socmap.config import SocmapConfig, dump_config
 from socmap.errors import InputError, OutputError
 from socmap.evaluate.folds import Fold, FoldDesign, folds_table, make_folds
 from socmap.evaluate.tables import fold_metrics, markdown_report, plot_comparison, summarize
-from socmap.models import FitData, FitInfo, available_models, create_model, read_rows
+from socmap.models import FitData, FitInfo, available_models, create_model, predict_located, read_rows
 from socmap.models.checks import degenerate_warning
 from socmap.synth import known_r2_ceiling
 from socmap.windows import PreparedData
@@ -131,9 +131,10 @@ def _fit_fold(
         data.sigma(),
         config.train.seed,
         workdir,
+        xy=data.xy,
     )
     info = model.fit(fit_data)
-    point, quantiles = model.predict_with_quantiles(read_rows(data.windows, test), INTERVAL_LEVELS)
+    point, quantiles = predict_located(model, read_rows(data.windows, test), data.xy[test], INTERVAL_LEVELS)
     if quantiles is not None and np.shape(quantiles) != (test.size, len(INTERVAL_LEVELS)):
         raise InputError(
             f"model {kind!r} gave quantiles of shape {np.shape(quantiles)}, expected ({test.size}, 3)"

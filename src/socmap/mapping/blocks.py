@@ -24,19 +24,22 @@ import numpy as np
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import NDArray
+from rasterio.transform import Affine
 
 from socmap._atomic import atomic_file
+from socmap.coordinates import coordinate_values
 from socmap.data import RasterStack, read_block
 from socmap.mapping.members import cached_member
 from socmap.mapping.plan import Block, MapJob, region_mask
 from socmap.mapping.uncertainty import LEVELS, MODEL_INTERVALS, combine
-from socmap.models import SocModel
+from socmap.models import SocModel, predict_located
 from socmap.models.base import FloatArray
 from socmap.windows import window_offsets
 
 __all__ = [
     "compute_block",
     "job_members",
+    "pixel_centres",
     "predict_members",
     "read_inputs",
     "run_block",
@@ -72,6 +75,11 @@ def read_inputs(
     r0, r1, c0, c1 = row0 - before, row1 + after, col0 - before, col1 + after
     data = np.full((len(stack.bands), len(labels), r1 - r0, c1 - c0), np.nan, dtype=np.float32)
     for ch, band in enumerate(stack.bands):
+        if band in stack.coordinates:  # generated from the pixel centres, as in prepare
+            grid = stack.grid
+            rr, cc = np.mgrid[r0:r1, c0:c1]
+            data[ch] = coordinate_values(band, tuple(grid.transform), (grid.height, grid.width), rr, cc)
+            continue
         if band in stack.static:
             with stack.open(band, None) as (src, nodata):
                 data[ch] = read_block(src, nodata, r0, r1, c0, c1)
@@ -104,7 +112,11 @@ def valid_pixels(data: NDArray[np.float32], size: int, min_valid_fraction: float
 
 
 def predict_members(
-    members: Sequence[SocModel], windows: NDArray[np.float32], method: str, batch_size: int
+    members: Sequence[SocModel],
+    windows: NDArray[np.float32],
+    method: str,
+    batch_size: int,
+    xy: FloatArray | None = None,
 ) -> FloatArray:
     """[4, N] float64 bands (mean, Q05, Q95, std) of raw windows [N, C, H, W, T].
 
@@ -113,14 +125,13 @@ def predict_members(
         windows: raw windows (NaN = nodata).
         method: the uncertainty method (quantiles are asked only for ``model_intervals``).
         batch_size: windows per model call.
+        xy: [N, 2] pixel-centre x/y in the grid CRS (passed to models that use locations, e.g. kriging).
     """
     points: list[FloatArray] = []
     quantiles: list[FloatArray | None] = []
     for m in members:
-        if method == MODEL_INTERVALS:
-            point, q = m.predict_with_quantiles(windows, LEVELS, batch_size)
-        else:
-            point, q = m.predict(windows, batch_size), None
+        levels = LEVELS if method == MODEL_INTERVALS else None
+        point, q = predict_located(m, windows, xy, levels, batch_size)
         points.append(np.asarray(point, np.float64))
         quantiles.append(q)
     return combine(points, quantiles, method)
@@ -131,6 +142,14 @@ def _cut_windows(
 ) -> NDArray[np.float32]:
     """Contiguous [n, C, size, size, T] windows of the selected pixels (view: [C, T, rows, cols, s, s])."""
     return np.ascontiguousarray(views[:, :, ri[sel], ci[sel]].transpose(2, 0, 3, 4, 1))
+
+
+def pixel_centres(transform: Affine, rows: NDArray[np.intp], cols: NDArray[np.intp]) -> FloatArray:
+    """[n, 2] x/y in the grid CRS of the centres of absolute grid pixels (rows, cols) (``transform``: the
+    working grid's affine)."""
+    t = transform
+    c, r = cols + 0.5, rows + 0.5
+    return np.column_stack([t.c + t.a * c + t.b * r, t.f + t.d * c + t.e * r]).astype(np.float64)
 
 
 def compute_block(
@@ -157,8 +176,15 @@ def compute_block(
     r_lo, r_hi, c_lo, c_hi = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
     r0, c0 = block.row0, block.col0
     data = read_inputs(job.stack, job.labels, job.size, r0 + r_lo, r0 + r_hi, c0 + c_lo, c0 + c_hi)
-    valid = mask[r_lo:r_hi, c_lo:c_hi] & valid_pixels(data, job.size, job.min_valid_fraction)
+    channels = job.stack.data_channels  # generated coordinates never count as data
+    observed = data if len(channels) == data.shape[0] else data[channels]
+    valid = mask[r_lo:r_hi, c_lo:c_hi] & valid_pixels(observed, job.size, job.min_valid_fraction)
     ri, ci = np.nonzero(valid)
+    xy = (
+        pixel_centres(job.stack.grid.transform, r0 + r_lo + ri, c0 + c_lo + ci)
+        if any(m.uses_xy() for m in members)
+        else None
+    )
     views = sliding_window_view(data, (job.size, job.size), axis=(2, 3))  # [C, T, rows, cols, size, size]
     values = np.empty((4, ri.size))
 
@@ -167,7 +193,9 @@ def compute_block(
             torch.set_num_threads(1)
         sel = slice(start, start + job.batch_size)
         windows = _cut_windows(views, ri, ci, sel)
-        values[:, sel] = predict_members(members, windows, job.method, job.batch_size)
+        values[:, sel] = predict_members(
+            members, windows, job.method, job.batch_size, xy[sel] if xy is not None else None
+        )
         return windows.shape[0]
 
     starts = range(0, ri.size, job.batch_size)

@@ -2,12 +2,22 @@
 
 Modules: ``base`` (the interface and typed records), ``registry`` (register, create, save, load), ``zoo`` (the
 built-in kinds), ``features`` (window features), ``trees`` (rf, qrf, xgb, linear), ``networks`` (torch
-networks), ``trainer`` (the deep training loop), ``deep`` (deep models), ``ensemble`` (blends).
+networks), ``trainer`` (the deep training loop), ``deep`` (deep models), ``ensemble`` (blends), ``geostat``
+(ordinary and regression kriging).
 """
 
 from __future__ import annotations
 
-from socmap.models.base import PREDICT_BATCH, FitData, FitInfo, InputSpec, SocModel, TargetInfo, read_rows
+from socmap.models.base import (
+    PREDICT_BATCH,
+    FitData,
+    FitInfo,
+    InputSpec,
+    SocModel,
+    TargetInfo,
+    predict_located,
+    read_rows,
+)
 from socmap.models.registry import (
     MODEL_FILE,
     ModelEntry,
@@ -32,6 +42,7 @@ __all__ = [
     "create_model",
     "load_model",
     "model_entry",
+    "predict_located",
     "read_rows",
     "register_model",
     "save_model",

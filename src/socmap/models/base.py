@@ -32,6 +32,7 @@ __all__ = [
     "InputSpec",
     "SocModel",
     "TargetInfo",
+    "predict_located",
 ]
 
 PREDICT_BATCH = 4096
@@ -69,6 +70,7 @@ class InputSpec:
     time_labels: tuple[str, ...]
     grid: dict[str, Any]
     target: TargetInfo
+    categorical: tuple[str, ...] = ()  # bands holding class codes (covariates.categorical)
 
     @property
     def window_shape(self) -> tuple[int, int, int, int]:
@@ -79,6 +81,11 @@ class InputSpec:
     def static_channels(self) -> tuple[int, ...]:
         """Channel indices of the static bands."""
         return tuple(self.bands.index(b) for b in self.static_bands)
+
+    @property
+    def categorical_channels(self) -> tuple[int, ...]:
+        """Channel indices of the categorical bands."""
+        return tuple(self.bands.index(b) for b in self.categorical)
 
     def check_bands(self, bands: Sequence[str], where: str) -> None:
         """Refuse data whose bands differ (by name or order) from the model's."""
@@ -106,7 +113,7 @@ class InputSpec:
             "time_labels": list(self.time_labels),
             "grid": self.grid,
             "target": self.target.to_json(),
-        }
+        } | ({"categorical": list(self.categorical)} if self.categorical else {})
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> InputSpec:
@@ -119,6 +126,7 @@ class InputSpec:
             time_labels=tuple(str(t) for t in data.get("time_labels", ())),
             grid=dict(data.get("grid", {})),
             target=TargetInfo.from_json(data.get("target", {})),
+            categorical=tuple(str(b) for b in data.get("categorical", ())),
         )
 
 
@@ -140,6 +148,8 @@ class FitData:
         workdir: folder for checkpoints (resume) or ``None``.
         on_epoch: called after every epoch of an iterative model with (epoch, history row).
         stop_after_epoch: interrupt an iterative model after that epoch, as a crash would (tests of resume).
+        xy: ``[N, 2]`` sample locations in the working grid's CRS (pixel-centre convention of the grid), for
+            models that use locations (kriging: ``needs_xy``).
     """
 
     windows: NDArray[np.float32]
@@ -153,6 +163,7 @@ class FitData:
     workdir: Path | None = None
     on_epoch: EpochCallback | None = None
     stop_after_epoch: int | None = None
+    xy: FloatArray | None = None
 
     def subset(self, train: IntArray, monitor: IntArray | None = None) -> FitData:
         """The same data with other training / monitoring rows (used by stacking's inner folds)."""
@@ -168,6 +179,7 @@ class FitData:
             self.seed,
             None,
             None,
+            xy=self.xy,
         )
 
 
@@ -214,6 +226,7 @@ class SocModel(ABC):
     """
 
     kind: ClassVar[str] = ""
+    needs_xy: ClassVar[bool] = False  # predict methods take ``xy=`` (grid-CRS locations, [N, 2])
     inputs: InputSpec | None = None
     model_id: str = ""
 
@@ -245,6 +258,10 @@ class SocModel(ABC):
         )
         return point, quantiles
 
+    def uses_xy(self) -> bool:
+        """Whether this model's predict methods take ``xy=`` (a wrapper asks its members)."""
+        return self.needs_xy
+
     def for_inference(self) -> SocModel:
         """A copy tuned for bulk prediction in one thread (mapping); by default the model itself."""
         return self
@@ -267,3 +284,23 @@ class SocModel(ABC):
         if self.inputs is None:
             raise InputError(f"model {self.kind!r}: call fit before predict or save")
         return self.inputs
+
+
+def predict_located(
+    model: SocModel,
+    windows: NDArray[np.float32],
+    xy: FloatArray | None,
+    levels: Sequence[float] | None = None,
+    batch_size: int = PREDICT_BATCH,
+) -> tuple[FloatArray, FloatArray | None]:
+    """Point predictions (and quantiles at ``levels`` when given and the model has them) of ``windows`` at
+    grid-CRS locations ``xy`` [N, 2]: the locations go only to models that use them (:meth:`SocModel.uses_xy`),
+    so every caller (cv, train, predict, map) can pass them and models without locations are unchanged."""
+    kwargs: dict[str, Any] = {}
+    if model.uses_xy():
+        if xy is None:
+            raise InputError(f"model {model.kind!r} needs sample locations (x/y in the grid CRS)")
+        kwargs["xy"] = np.asarray(xy, np.float64).reshape(-1, 2)
+    if levels is None:
+        return np.asarray(model.predict(windows, batch_size, **kwargs), np.float64), None
+    return model.predict_with_quantiles(windows, levels, batch_size, **kwargs)

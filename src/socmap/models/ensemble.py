@@ -21,7 +21,16 @@ from numpy.typing import NDArray
 from scipy.optimize import nnls
 
 from socmap.errors import InputError
-from socmap.models.base import PREDICT_BATCH, FitData, FitInfo, FloatArray, InputSpec, SocModel, read_rows
+from socmap.models.base import (
+    PREDICT_BATCH,
+    FitData,
+    FitInfo,
+    FloatArray,
+    InputSpec,
+    SocModel,
+    predict_located,
+    read_rows,
+)
 
 __all__ = ["BLENDS", "EnsembleModel", "EnsembleOptions"]
 
@@ -105,7 +114,9 @@ class EnsembleModel(SocModel):
             for j, kind in enumerate(self.options.members):
                 member = self._new(kind)
                 member.fit(data.subset(train[inner_train], data.monitor))
-                out[inner_test, j] = member.predict(read_rows(data.windows, train[inner_test]))
+                rows = train[inner_test]
+                xy = data.xy[rows] if data.xy is not None else None
+                out[inner_test, j] = predict_located(member, read_rows(data.windows, rows), xy)[0]
         return out
 
     def fit(self, data: FitData) -> FitInfo:
@@ -138,6 +149,7 @@ class EnsembleModel(SocModel):
                 workdir,
                 data.on_epoch,
                 data.stop_after_epoch,
+                xy=data.xy,
             )
             part = member.fit(sub)
             member.model_id = f"{self.model_id}-{kind}" if self.model_id else kind
@@ -147,18 +159,28 @@ class EnsembleModel(SocModel):
             self.members.append(member)
         return info
 
-    def predict(self, windows: NDArray[np.float32], batch_size: int = PREDICT_BATCH) -> FloatArray:
+    def uses_xy(self) -> bool:
+        """True when a member uses locations (e.g. regression kriging): then ``xy=`` is passed on."""
+        return any(m.uses_xy() for m in self.members)
+
+    def predict(
+        self, windows: NDArray[np.float32], batch_size: int = PREDICT_BATCH, xy: FloatArray | None = None
+    ) -> FloatArray:
         """Weighted sum of the members' point predictions."""
-        preds = np.stack([m.predict(windows, batch_size) for m in self.members])
+        preds = np.stack([predict_located(m, windows, xy, None, batch_size)[0] for m in self.members])
         return np.asarray(self.weights @ preds, np.float64)
 
     def gives_quantiles(self, levels: Sequence[float]) -> bool:
         return bool(self.members) and all(m.gives_quantiles(levels) for m in self.members)
 
     def predict_with_quantiles(
-        self, windows: NDArray[np.float32], levels: Sequence[float], batch_size: int = PREDICT_BATCH
+        self,
+        windows: NDArray[np.float32],
+        levels: Sequence[float],
+        batch_size: int = PREDICT_BATCH,
+        xy: FloatArray | None = None,
     ) -> tuple[FloatArray, FloatArray | None]:
-        pairs = [m.predict_with_quantiles(windows, levels, batch_size) for m in self.members]
+        pairs = [predict_located(m, windows, xy, levels, batch_size) for m in self.members]
         point = np.asarray(self.weights @ np.stack([p for p, _ in pairs]), np.float64)
         if any(q is None for _, q in pairs):
             return point, None
@@ -166,9 +188,13 @@ class EnsembleModel(SocModel):
         return point, np.sort(quantiles, axis=1)
 
     def predict_quantiles(
-        self, windows: NDArray[np.float32], levels: Sequence[float], batch_size: int = PREDICT_BATCH
+        self,
+        windows: NDArray[np.float32],
+        levels: Sequence[float],
+        batch_size: int = PREDICT_BATCH,
+        xy: FloatArray | None = None,
     ) -> FloatArray | None:
-        return self.predict_with_quantiles(windows, levels, batch_size)[1]
+        return self.predict_with_quantiles(windows, levels, batch_size, xy)[1]
 
     def for_inference(self) -> SocModel:
         copy = EnsembleModel(self.options)

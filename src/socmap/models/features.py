@@ -8,6 +8,7 @@ saved as JSON with the model.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,9 +19,15 @@ from sklearn.impute import SimpleImputer
 
 from socmap.errors import InputError
 
-__all__ = ["WindowFeatures"]
+__all__ = ["UnseenCategoryWarning", "WindowFeatures"]
 
 CHUNK = 4096
+MAX_CATEGORIES = 64
+
+
+class UnseenCategoryWarning(UserWarning):
+    """A categorical band holds a class code the model never saw in training."""
+
 
 FloatArray = NDArray[np.float64]
 
@@ -84,10 +91,60 @@ class WindowFeatures(TransformerMixin, BaseEstimator):  # type: ignore[misc]
         static_channels: Sequence[int] = (),
         band_names: Sequence[str] | None = None,
         window_shape: tuple[int, int, int, int] | None = None,
+        categorical_channels: Sequence[int] = (),
     ) -> None:
         self.static_channels = static_channels
         self.band_names = band_names
         self.window_shape = window_shape
+        self.categorical_channels = categorical_channels
+        self.categories_: dict[int, list[float]] = {}
+        self.nodata_unseen = False  # mapping: windows of a class unseen in training predict nodata
+
+    # ---------------------------------------------------------------- categorical bands
+    def _learn_categories(self, X: Any) -> None:
+        """The class codes of every categorical channel at the training windows' centres (one-hot columns)."""
+        self.categories_ = {}
+        if not self.categorical_channels:
+            return
+        names = self._names(self._shape(X)[0])
+        for ch in self.categorical_channels:
+            centre = np.asarray(self._centres(X, int(ch)))
+            codes = sorted({float(v) for v in np.unique(centre[np.isfinite(centre)])})
+            if len(codes) > MAX_CATEGORIES:
+                raise InputError(
+                    f"categorical band {names[int(ch)]}: {len(codes)} distinct values in training, expected at "
+                    f"most {MAX_CATEGORIES} class codes (remove it from covariates.categorical?)"
+                )
+            self.categories_[int(ch)] = codes
+
+    def _centres(self, X: Any, ch: int) -> FloatArray:
+        """Centre-pixel values of channel ``ch`` at the last step, [N]."""
+        c, h, w, t = self._shape(X)
+        if len(np.shape(X)) == 5:
+            return np.asarray(X[:, ch, h // 2, w // 2, t - 1], np.float64)
+        flat = np.ravel_multi_index((ch, h // 2, w // 2, t - 1), (c, h, w, t))
+        return np.asarray(np.asarray(X)[:, flat], np.float64)
+
+    def unseen_rows(self, X: Any) -> NDArray[np.bool_]:
+        """Windows whose centre holds a class code of a categorical band not seen in training; warns with the
+        band, codes and count (the model treats them as of no known class, a map makes them nodata)."""
+        n = int(np.shape(X)[0])
+        out = np.zeros(n, bool)
+        names = self._names(self._shape(X)[0])
+        for ch, codes in self.categories_.items():
+            centre = self._centres(X, ch)
+            unseen = np.isfinite(centre) & ~np.isin(centre, codes)
+            if unseen.any():
+                what = ", ".join(f"{v:g}" for v in np.unique(centre[unseen])[:10])
+                action = "mapped as nodata" if self.nodata_unseen else "no class indicator set"
+                warnings.warn(
+                    f"categorical band {names[ch]}: class code(s) {what} unseen in training at {int(unseen.sum())} "
+                    f"window(s): {action}",
+                    UnseenCategoryWarning,
+                    stacklevel=2,
+                )
+            out |= unseen
+        return out
 
     # ---------------------------------------------------------------- input handling
     def _shape(self, X: Any) -> tuple[int, int, int, int]:
@@ -133,6 +190,10 @@ class WindowFeatures(TransformerMixin, BaseEstimator):  # type: ignore[misc]
         static, names = self._static(c), self._names(c)
         out: list[str] = []
         for ch, band in enumerate(names):
+            if ch in self.categories_:
+                codes = self.categories_[ch]
+                out += [f"{band}={v:g}" for v in codes] + [f"{band}_share={v:g}" for v in codes]
+                continue
             if ch in static or t == 1:
                 out.append(f"{band}_centre")
             else:
@@ -151,6 +212,17 @@ class WindowFeatures(TransformerMixin, BaseEstimator):  # type: ignore[misc]
         for ch in range(c):
             centre = w[:, ch, ci, cj, :]  # [n, T]
             last = t - 1
+            if ch in self.categories_:  # one-hot of the centre's class, share of each class in the window
+                codes = np.asarray(self.categories_[ch])
+                at = centre[:, last]
+                hot = (at[:, None] == codes[None, :]).astype(np.float64)
+                hot[~np.isfinite(at)] = np.nan  # nodata: filled with the training share of each class
+                pixels = w[:, ch, :, :, last].reshape(n, -1)
+                finite = np.isfinite(pixels).sum(axis=1)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    share = (pixels[:, :, None] == codes[None, None, :]).sum(axis=1) / finite[:, None]
+                cols += list(hot.T) + list(np.where(finite[:, None] > 0, share, np.nan).T)
+                continue
             if ch in static:
                 # identical steps: pool them (a step may be missing only through nodata)
                 centre_v = _nanmean(centre, (1,))
@@ -182,7 +254,8 @@ class WindowFeatures(TransformerMixin, BaseEstimator):  # type: ignore[misc]
         return np.concatenate(parts)
 
     def fit(self, X: Any, y: ArrayLike | None = None) -> WindowFeatures:
-        """Learn the fill value (training mean) of every feature."""
+        """Learn the class codes of categorical bands and the fill value (training mean) of every feature."""
+        self._learn_categories(X)
         self._fit(self.raw_features(X), self._shape(X))
         return self
 
@@ -199,6 +272,7 @@ class WindowFeatures(TransformerMixin, BaseEstimator):  # type: ignore[misc]
 
     def fit_transform(self, X: Any, y: ArrayLike | None = None, **fit_params: Any) -> FloatArray:
         """``fit`` then ``transform`` with one pass over the windows."""
+        self._learn_categories(X)
         return self._fit(self.raw_features(X), self._shape(X))
 
     def transform(self, X: Any) -> FloatArray:
@@ -227,13 +301,28 @@ class WindowFeatures(TransformerMixin, BaseEstimator):  # type: ignore[misc]
             "band_names": list(self.band_names) if self.band_names is not None else None,
             "window_shape": list(self.window_shape_),
             "fill_values": [float(v) for v in self.fill_values_],
-        }
+        } | (
+            {
+                "categorical_channels": [int(i) for i in self.categorical_channels],
+                "categories": {str(k): v for k, v in self.categories_.items()},
+            }
+            if self.categories_
+            else {}
+        )
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> WindowFeatures:
         """Inverse of :meth:`to_state`."""
         shape = tuple(int(v) for v in state["window_shape"])
-        features = cls(tuple(state["static_channels"]), state.get("band_names"), None)
+        features = cls(
+            tuple(state["static_channels"]),
+            state.get("band_names"),
+            None,
+            tuple(int(i) for i in state.get("categorical_channels", ())),
+        )
+        features.categories_ = {
+            int(k): [float(v) for v in codes] for k, codes in state.get("categories", {}).items()
+        }
         features.window_shape_ = shape  # type: ignore[assignment]
         features.feature_names_ = features.feature_names(shape)  # type: ignore[arg-type]
         features.fill_values_ = np.asarray(state["fill_values"], dtype=np.float64)

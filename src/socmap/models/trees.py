@@ -111,7 +111,11 @@ class FeatureModel(SocModel):
         """Features and fill values from the training rows, then the estimator on transformed targets."""
         self.inputs = data.inputs
         self.seed = data.seed
-        self.features = WindowFeatures(data.inputs.static_channels, list(data.inputs.bands))
+        self.features = WindowFeatures(
+            data.inputs.static_channels,
+            list(data.inputs.bands),
+            categorical_channels=data.inputs.categorical_channels,
+        )
         x = self.features.fit_transform(read_rows(data.windows, data.train))
         y = data.target[data.train]
         self.transform.fit(y)
@@ -160,13 +164,29 @@ class FeatureModel(SocModel):
         """Point predictions in the original unit."""
         parts = self._chunked(self.estimator.predict, windows, batch_size)
         z = np.concatenate(parts) if parts else np.empty(0)
-        return self.transform.inverse(z)
+        return self._unseen_as_nodata(windows, self.transform.inverse(z))
+
+    def _unseen_as_nodata(self, windows: NDArray[np.float32], values: FloatArray) -> FloatArray:
+        """Rows whose categorical band holds a class unseen in training: reported (a warning naming band, codes
+        and count) and, in a map (:meth:`for_inference`), NaN = nodata instead of a silent guess."""
+        if self.features is None or not self.features.categories_:
+            return values
+        unseen = self.features.unseen_rows(windows)
+        if self.features.nodata_unseen and unseen.any():
+            values = np.array(values, np.float64)
+            values[unseen] = np.nan
+        return values
 
     def for_inference(self) -> SocModel:
         """A copy that predicts on one thread: mapping runs several batches or blocks at once instead."""
+        import copy as copying
+
         copy = type(self).__new__(type(self))
         copy.__dict__.update(self.__dict__)
         copy.n_jobs = 1
+        if self.features is not None and self.features.categories_:
+            copy.features = copying.copy(self.features)
+            copy.features.nodata_unseen = True
         return copy
 
     def describe(self) -> str:
@@ -284,7 +304,7 @@ class QuantileForestModel(ForestModel):
             if parts
             else np.empty((0, len(levels)))
         )
-        return np.sort(self.transform.inverse(z), axis=1)
+        return self._unseen_as_nodata(windows, np.sort(self.transform.inverse(z), axis=1))
 
 
 class XGBoostModel(FeatureModel):

@@ -10,6 +10,8 @@
 | ``xgb`` | tree | :mod:`socmap.models.trees` (XGBoost) |
 | ``linear`` | linear | :mod:`socmap.models.trees` (ridge / MLR on window features) |
 | ``ensemble`` | blend | :mod:`socmap.models.ensemble` (mean or stacking of other kinds) |
+| ``ok`` | kriging | :mod:`socmap.models.geostat` (ordinary kriging of the target) |
+| ``rk`` | kriging | :mod:`socmap.models.geostat` (any kind + kriged out-of-fold residuals) |
 
 A new kind is one :func:`~socmap.models.registry.register_model` call (see the README's development section).
 """
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING
 from socmap.models.base import SocModel
 from socmap.models.deep import Cnn3dModel, CnnLstmModel, TransformerModel
 from socmap.models.ensemble import EnsembleModel, EnsembleOptions
+from socmap.models.geostat import KrigingOptions, OrdinaryKrigingModel, RegressionKrigingModel
 from socmap.models.registry import available_models, create_model, register_model
 from socmap.models.trees import FeatureModel, ForestModel, LinearModel, QuantileForestModel, XGBoostModel
 
@@ -42,6 +45,15 @@ def _feature_factory(cls: type[FeatureModel]) -> Callable[[SocmapConfig], SocMod
 def _ensemble(config: SocmapConfig) -> EnsembleModel:
     options = EnsembleOptions.parse(dict(config.models.get("ensemble", {})), list(available_models()))
     return EnsembleModel(options, lambda kind: create_model(kind, config))
+
+
+def _ok(config: SocmapConfig) -> OrdinaryKrigingModel:
+    return OrdinaryKrigingModel(KrigingOptions.parse("ok", dict(config.models.get("ok", {})), []))
+
+
+def _rk(config: SocmapConfig) -> RegressionKrigingModel:
+    options = KrigingOptions.parse("rk", dict(config.models.get("rk", {})), list(available_models()))
+    return RegressionKrigingModel(options, lambda kind: create_model(kind, config))
 
 
 register_model(
@@ -72,3 +84,17 @@ register_model(
     "linear",
 )
 register_model("ensemble", EnsembleModel, _ensemble, "blend of several kinds (mean or stacking)", "blend")
+register_model(
+    "ok",
+    OrdinaryKrigingModel,
+    _ok,
+    "ordinary kriging, Gaussian interval from the kriging variance (baseline)",
+    "kriging",
+)
+register_model(
+    "rk",
+    RegressionKrigingModel,
+    _rk,
+    "regression kriging, Gaussian interval from the kriging variance (models.rk.base + kriged residuals)",
+    "kriging",
+)
