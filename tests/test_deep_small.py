@@ -283,3 +283,41 @@ def test_init_from_starts_from_the_given_weights(tmp_path: Path) -> None:
     other.init_from = tmp_path / "source"
     with pytest.raises(InputError, match="fine-tuning needs a 'transformer' model"):
         other.fit(_data(120))
+
+
+# ------------------------------------------------------------------------------------------- categorical bands
+def test_deep_models_read_categorical_bands_as_one_hot_classes(tmp_path: Path) -> None:
+    """Class codes 0/3/7 (and nodata) of a land-cover band become one-hot channels; the class effect is learned,
+    an unseen class is reported, and a map copy makes it nodata."""
+    from socmap.models.features import UnseenCategoryWarning
+    from socmap.models.networks import CategoricalInput
+
+    rng = np.random.default_rng(0)
+    n = 240
+    spec = InputSpec(("x", "lc"), ("lc",), 3, 1, ("1",), {}, TargetInfo("ph", "pH"), categorical=("lc",))
+    windows = rng.normal(size=(n, 2, 3, 3, 1)).astype(np.float32)
+    classes = rng.choice([0.0, 3.0, 7.0], size=n)
+    windows[:, 1] = classes[:, None, None, None]
+    windows[:5, 1, 0, 0, 0] = np.nan  # nodata in a corner
+    effect = {0.0: 5.0, 3.0: 6.0, 7.0: 8.0}
+    y = np.array([effect[c] for c in classes]) + 0.1 * rng.normal(size=n)
+    coords = np.column_stack([rng.uniform(10, 11, n), rng.uniform(48, 49, n)])
+    data = FitData(windows, y, np.arange(n), np.empty(0, np.int64), spec, coords, None, 0, None)
+    model = _model(Cnn3dModel, max_steps=300, min_steps=60, patience_steps=200)
+    model.fit(data)
+    assert isinstance(model.net, CategoricalInput)
+    assert model.net_spec["categorical"]["codes"] == [[0.0, 3.0, 7.0]]
+    assert model.normalizer is not None and np.all(model.normalizer.mean[1] == -1.0)
+    probe = np.repeat(windows[5:6], 3, axis=0)
+    for i, code in enumerate((0.0, 3.0, 7.0)):
+        probe[i, 1] = code
+    pred = model.predict(probe)
+    assert pred[0] < pred[1] < pred[2] and pred[2] - pred[0] > 1.5  # the class effect (3 units) is learned
+    save_model(model, tmp_path)
+    np.testing.assert_allclose(load_model(tmp_path).predict(probe), pred, rtol=1e-6)
+    unseen = probe[:1].copy()
+    unseen[0, 1] = 9.0
+    with pytest.warns(UnseenCategoryWarning, match=r"categorical band lc: class code\(s\) 9 unseen"):
+        assert np.isfinite(model.predict(unseen)).all()
+    with pytest.warns(UnseenCategoryWarning, match="mapped as nodata"):
+        assert np.isnan(model.for_inference().predict(unseen)).all()

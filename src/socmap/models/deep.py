@@ -25,7 +25,8 @@ from socmap.errors import InputError
 from socmap.losses import n_outputs_for, point_prediction
 from socmap.models.base import PREDICT_BATCH, FitData, FitInfo, FloatArray, InputSpec, SocModel, read_rows
 from socmap.models.checks import degenerate_warning
-from socmap.models.networks import build_network, check_network_options, network_options
+from socmap.models.features import MAX_CATEGORIES, UnseenCategoryWarning
+from socmap.models.networks import CategoricalInput, build_network, check_network_options, network_options
 from socmap.models.trainer import Tracking, fit_network, wandb_mode
 from socmap.normalize import Normalizer
 from socmap.split import holdout_splitter
@@ -65,11 +66,37 @@ class SeedEnsemble(torch.nn.Module):
         return torch.stack([m(x) for m in self.members]).mean(dim=0)
 
 
+def _build_one(spec: dict[str, Any]) -> torch.nn.Module:
+    """One network of a spec, behind one-hot channels when the data have categorical bands."""
+    cat = spec.get("categorical")
+    if not cat:
+        return build_network(spec["name"], **spec["kwargs"])
+    kwargs = dict(spec["kwargs"])
+    n_raw = int(cat["num_channels"])
+    kwargs["num_channels"] = n_raw - len(cat["channels"]) + sum(len(c) for c in cat["codes"])
+    net = build_network(spec["name"], **kwargs)
+    return CategoricalInput(net, n_raw, list(cat["channels"]), [list(c) for c in cat["codes"]])
+
+
 def _build(spec: dict[str, Any]) -> torch.nn.Module:
     """The network (or seed ensemble) a ``model.json`` ``model`` entry describes."""
     count = int(spec.get("members", 1))
-    nets = [build_network(spec["name"], **spec["kwargs"]) for _ in range(count)]
+    nets = [_build_one(spec) for _ in range(count)]
     return nets[0] if count == 1 else SeedEnsemble(nets)
+
+
+def _class_codes(
+    windows: NDArray[np.float32], rows: NDArray[np.int64], channel: int, name: str
+) -> list[float]:
+    """The class codes of a categorical channel anywhere in the training windows (at most MAX_CATEGORIES)."""
+    values = np.asarray(read_rows(windows, rows)[:, channel], np.float64)
+    codes = sorted({float(v) for v in np.unique(values[np.isfinite(values)])})
+    if len(codes) > MAX_CATEGORIES:
+        raise InputError(
+            f"categorical band {name}: {len(codes)} distinct values in training, expected at most "
+            f"{MAX_CATEGORIES} class codes (remove it from covariates.categorical?)"
+        )
+    return codes
 
 
 class DeepModel(SocModel):
@@ -90,6 +117,7 @@ class DeepModel(SocModel):
         self.tracking = tracking or Tracking()
         self.options: dict[str, Any] = {}
         self.init_from: Path | None = None
+        self.nodata_unseen = False  # mapping copies: windows of an unseen class predict nodata
         self.loss_type = self.train_cfg.loss_type
         self.quantiles = tuple(self.train_cfg.quantiles)
         self.net: torch.nn.Module | None = None
@@ -177,13 +205,19 @@ class DeepModel(SocModel):
             self.options,
         )
         self.net_spec = {"name": self.network, "kwargs": kwargs}
+        channels = list(data.inputs.categorical_channels)
+        if channels:  # class codes pass the normaliser shifted by +1 (nodata -> 0 matches no class)
+            self.normalizer.mean[channels], self.normalizer.std[channels] = -1.0, 1.0
+            names = data.inputs.bands
+            codes = [_class_codes(data.windows, first.train, ch, names[ch]) for ch in channels]
+            self.net_spec["categorical"] = {"num_channels": len(names), "channels": channels, "codes": codes}
         return first
 
     def _fit_member(self, member: FitData, source: DeepModel | None) -> tuple[torch.nn.Module, FitInfo]:
         """One network on one member's rows, from the source's weights when fine-tuning."""
         assert self.normalizer is not None
         torch.manual_seed(member.seed)
-        net = build_network(self.net_spec["name"], **self.net_spec["kwargs"])
+        net = _build_one(self.net_spec)
         if source is not None and source.net is not None:
             weights = source.net.state_dict()
             if isinstance(source.net, SeedEnsemble):
@@ -270,8 +304,36 @@ class DeepModel(SocModel):
         with torch.inference_mode():
             for start in range(0, len(windows), batch_size):
                 chunk = torch.as_tensor(np.array(windows[start : start + batch_size], dtype=np.float32))
-                outputs.append(net(normalizer.transform_torch(chunk)))
+                out = net(normalizer.transform_torch(chunk))
+                unseen = self._unseen_classes(chunk)
+                if self.nodata_unseen and unseen is not None:
+                    out[torch.from_numpy(unseen)] = float("nan")
+                outputs.append(out)
         return torch.cat(outputs) if outputs else torch.empty((0, self.n_outputs))
+
+    def _unseen_classes(self, chunk: torch.Tensor) -> NDArray[np.bool_] | None:
+        """Windows whose centre holds a class code of a categorical band not seen in training (warned with the
+        band, codes and count); None without categorical bands or unseen codes."""
+        cat = self.net_spec.get("categorical")
+        if not cat or chunk.shape[0] == 0:
+            return None
+        _, _, h, w, t = chunk.shape
+        out = np.zeros(chunk.shape[0], bool)
+        names = self.require_inputs().bands
+        for ch, codes in zip(cat["channels"], cat["codes"], strict=True):
+            centre = chunk[:, ch, h // 2, w // 2, t - 1].double().numpy()
+            unseen = np.isfinite(centre) & ~np.isin(centre, codes)
+            if unseen.any():
+                what = ", ".join(f"{v:g}" for v in np.unique(centre[unseen])[:10])
+                action = "mapped as nodata" if self.nodata_unseen else "no class channel set"
+                warnings.warn(
+                    f"categorical band {names[ch]}: class code(s) {what} unseen in training at "
+                    f"{int(unseen.sum())} window(s): {action}",
+                    UnseenCategoryWarning,
+                    stacklevel=3,
+                )
+            out |= unseen
+        return out if out.any() else None
 
     @property
     def n_outputs(self) -> int:
@@ -327,11 +389,19 @@ class DeepModel(SocModel):
     def for_inference(self) -> SocModel:
         """The network traced, frozen and optimised for CPU inference (fused conv + ReLU, oneDNN layouts):
         about 1.6x faster on one thread. Kept only if it reproduces the eager network on a probe batch
-        (rtol 1e-5), else the eager network is used."""
+        (rtol 1e-5), else the eager network is used. Windows of a categorical class unseen in training predict
+        nodata in the copy."""
         net, _ = self._ready()
         c, h, w, t = self.require_inputs().window_shape
         probe = torch.randn(64, c, h, w, t, generator=torch.Generator().manual_seed(0))
+        cat = self.net_spec.get("categorical")
+        for ch, codes in zip(cat["channels"], cat["codes"], strict=True) if cat else ():
+            pick = torch.randint(
+                0, len(codes), probe[:, ch].shape, generator=torch.Generator().manual_seed(1)
+            )
+            probe[:, ch] = torch.tensor(codes, dtype=torch.float32)[pick] + 1.0  # normalised class codes
         net = net.eval()
+        fast: torch.nn.Module
         try:
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # tracer and TorchScript notices
@@ -340,11 +410,10 @@ class DeepModel(SocModel):
                 )
                 same = torch.allclose(fast(probe[:37]), net(probe[:37]), rtol=1e-5, atol=1e-6)
         except Exception:  # a network TorchScript cannot trace: stay eager
-            return self
-        if not same:
-            return self
+            fast, same = net, True
         copy = self._shallow_copy()
-        copy.net = fast
+        copy.nodata_unseen = True  # a map makes windows of a class unseen in training nodata
+        copy.net = fast if same else net
         return copy
 
     def _shallow_copy(self) -> DeepModel:

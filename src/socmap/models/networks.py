@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 __all__ = [
     "NETWORKS",
     "NETWORK_OPTIONS",
+    "CategoricalInput",
     "Cnn3d",
     "RefittedCovLSTM",
     "TemporalTransformer",
@@ -171,6 +172,33 @@ class Cnn3d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [batch, bands, height, width, time] -> [batch, n_outputs]."""
         return self.head(self.body(x.permute(0, 1, 4, 2, 3)))
+
+
+class CategoricalInput(nn.Module):
+    """One-hot channels for categorical bands in front of a network: each categorical channel (class codes,
+    which socmap's normaliser shifts by +1 so that nodata, filled with 0, matches no class) becomes one 0/1
+    channel per class seen in training; the other channels pass unchanged, in order, before them."""
+
+    keep: torch.Tensor
+
+    def __init__(
+        self, net: nn.Module, num_channels: int, channels: list[int], codes: list[list[float]]
+    ) -> None:
+        super().__init__()
+        self.net = net
+        keep = [c for c in range(num_channels) if c not in set(channels)]
+        self.register_buffer("keep", torch.tensor(keep, dtype=torch.long))
+        self.channels = list(channels)
+        for i, values in enumerate(codes):
+            self.register_buffer(f"codes_{i}", torch.tensor(values, dtype=torch.float32) + 1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [batch, bands, height, width, time] -> the wrapped network's output."""
+        parts = [x.index_select(1, self.keep)]
+        for i, ch in enumerate(self.channels):
+            codes = getattr(self, f"codes_{i}").to(x.dtype).view(1, -1, 1, 1, 1)
+            parts.append((x[:, ch : ch + 1] == codes).to(x.dtype))
+        return self.net(torch.cat(parts, dim=1))
 
 
 NETWORKS: dict[str, type[nn.Module]] = {
