@@ -1,0 +1,26 @@
+"""Honest uncertainty: conformal prediction intervals (:mod:`.conformal`) and the area of applicability
+(:mod:`.aoa`) of any socmap model."""
+
+from socmap.uncertainty.conformal import (
+    COVERAGES,
+    DEFAULT_NOMINAL,
+    Calibration,
+    ScaleModel,
+    calibrate,
+    conformal_offsets,
+    cross_conformal,
+    level_name,
+    quantile_levels,
+)
+
+__all__ = [
+    "COVERAGES",
+    "DEFAULT_NOMINAL",
+    "Calibration",
+    "ScaleModel",
+    "calibrate",
+    "conformal_offsets",
+    "cross_conformal",
+    "level_name",
+    "quantile_levels",
+]
