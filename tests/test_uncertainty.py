@@ -57,7 +57,7 @@ def test_calibration_round_trips_through_json() -> None:
     assert np.all(np.diff(q, axis=1) >= 0)
     with pytest.raises(InputError, match="width"):
         back.quantiles(p, (0.1, 0.9))
-    with pytest.raises(InputError, match="nominal 1.5"):
+    with pytest.raises(InputError, match=r"nominal 1\.5"):
         calibrate(y, p, nominal=1.5)
 
 
