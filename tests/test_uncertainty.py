@@ -72,3 +72,41 @@ def test_cross_conformal_never_calibrates_a_fold_on_itself() -> None:
     assert inside[fold == 0].mean() == 0.0
     expected = calibrate(y_shift[fold != 0], p[fold != 0]).interval(p[fold == 0], 0.9)
     np.testing.assert_allclose(lo[fold == 0], expected[0])
+
+
+def _windows(n: int, seed: int, shift: float = 0.0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    w = rng.normal(0.0, 1.0, (n, 2, 3, 3, 1)).astype(np.float32)
+    w[:, 0] += shift
+    return w
+
+
+def test_dissimilarity_index_matches_a_hand_computation(tmp_path) -> None:
+    from scipy.spatial.distance import cdist, pdist
+
+    from socmap.models.features import WindowFeatures
+    from socmap.uncertainty import AreaOfApplicability, fit_aoa
+
+    train = _windows(120, 6)
+    y = train[:, 0, 1, 1, 0].astype(np.float64) * 3 + np.random.default_rng(0).normal(0, 0.1, 120)
+    fold = np.arange(120) % 4
+    aoa = fit_aoa(train, y, fold, seed=1)
+    assert aoa.weights.argmax() == 0  # the band-0 centre pixel drives the target
+    raw = WindowFeatures().fit_transform(train)  # hand computation of the weighted standardised space
+    mu, sd = raw.mean(axis=0), raw.std(axis=0)
+    pts = (raw - mu) / np.where(sd > 0, sd, 1.0) * aoa.weights
+    dbar = pdist(pts).mean()
+    new = np.concatenate([_windows(50, 7), _windows(50, 8, shift=6.0)])
+    xn = (WindowFeatures().fit(train).transform(new) - mu) / np.where(sd > 0, sd, 1.0) * aoa.weights
+    np.testing.assert_allclose(aoa.di(new), cdist(xn, pts).min(axis=1) / dbar, rtol=1e-9)
+    cv_di = np.array([cdist(pts[[i]], pts[fold != fold[i]]).min() / dbar for i in range(120)])
+    np.testing.assert_allclose(aoa.train_di, cv_di, rtol=1e-9)
+    q1, q3 = np.percentile(cv_di, [25, 75])
+    assert aoa.threshold == pytest.approx(cv_di[cv_di <= q3 + 1.5 * (q3 - q1)].max())
+    inside = aoa.di(new) <= aoa.threshold
+    assert inside[:50].mean() > 0.8 and inside[50:].mean() < 0.1  # shifted covariates: outside the AOA
+    aoa.save(tmp_path)
+    back = AreaOfApplicability.load(tmp_path)
+    assert back is not None
+    np.testing.assert_allclose(back.di(new), aoa.di(new))
+    assert AreaOfApplicability.load(tmp_path / "none") is None
