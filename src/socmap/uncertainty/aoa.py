@@ -35,9 +35,12 @@ __all__ = [
     "AOA_TRAIN_FILE",
     "MAX_PAIRS_SAMPLE",
     "AreaOfApplicability",
+    "WeightedSpace",
     "cross_validated_di",
     "feature_importance",
     "fit_aoa",
+    "fold_dissimilarity",
+    "weighted_space",
     "whisker_threshold",
 ]
 
@@ -217,6 +220,39 @@ def fit_aoa(
     """
     features = WindowFeatures(tuple(static_channels), band_names)
     raw = features.fit_transform(windows)
+    space = weighted_space(raw, target, seed)
+    train_di = cross_validated_di(space.points, fold, space.mean_distance)
+    return AreaOfApplicability(
+        features,
+        space.center,
+        space.scale,
+        space.weights,
+        space.points,
+        space.mean_distance,
+        whisker_threshold(train_di),
+        train_di,
+    )
+
+
+@dataclass(frozen=True)
+class WeightedSpace:
+    """The training samples in the importance-weighted standardised feature space."""
+
+    center: FloatArray
+    scale: FloatArray
+    weights: FloatArray
+    points: FloatArray
+    mean_distance: float
+
+
+def weighted_space(raw: FloatArray, target: ArrayLike, seed: int = 0) -> WeightedSpace:
+    """Standardise filled features ``[n, F]``, weight them by importance and measure d̄.
+
+    Args:
+        raw: NaN-filled window features of the training samples.
+        target: their targets.
+        seed: seed of the importance forest and of d̄'s sample.
+    """
     if raw.shape[0] < 3:
         raise InputError(f"area of applicability: {raw.shape[0]} training samples (at least 3 needed)")
     center, scale = raw.mean(axis=0), raw.std(axis=0)
@@ -226,7 +262,22 @@ def fit_aoa(
     mean_distance = _mean_distance(points, seed)
     if not mean_distance > 0:
         raise InputError("area of applicability: every training sample has the same covariates")
-    train_di = cross_validated_di(points, fold, mean_distance)
-    return AreaOfApplicability(
-        features, center, scale, weights, points, mean_distance, whisker_threshold(train_di), train_di
-    )
+    return WeightedSpace(center, scale, weights, points, mean_distance)
+
+
+def fold_dissimilarity(
+    space: WeightedSpace, folds: Sequence[tuple[NDArray[np.int64], NDArray[np.int64]]]
+) -> list[FloatArray]:
+    """The DI of every fold's test rows relative to that fold's training rows (cross-validated DI).
+
+    Args:
+        space: every sample in the weighted space (rows = sample indices).
+        folds: (train, test) row indices.
+    """
+    from scipy.spatial import cKDTree
+
+    out = []
+    for train, test in folds:
+        dist, _ = cKDTree(space.points[train]).query(space.points[test], k=1)
+        out.append(np.asarray(dist, np.float64).reshape(-1) / space.mean_distance)
+    return out
