@@ -61,13 +61,13 @@ def whisker_threshold(train_di: ArrayLike) -> float:
 
 
 def feature_importance(features: ArrayLike, target: ArrayLike, seed: int = 0) -> FloatArray:
-    """Impurity importance (sums to 1) of each standardised feature in a small random forest (100 trees,
+    """Impurity importance (sums to 1) of each standardised feature in a small random forest (50 trees,
     leaves of >= 5 samples, one thread); equal weights when the forest finds nothing."""
     from sklearn.ensemble import RandomForestRegressor
 
     x = np.asarray(features, np.float64)
     forest = RandomForestRegressor(
-        n_estimators=100, min_samples_leaf=5, max_features=0.5, n_jobs=1, random_state=seed
+        n_estimators=50, min_samples_leaf=5, max_features=0.5, n_jobs=1, random_state=seed
     )
     forest.fit(x, np.asarray(target, np.float64))
     w = np.asarray(forest.feature_importances_, np.float64)
