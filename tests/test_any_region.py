@@ -33,7 +33,10 @@ from socmap.report import build_report
 from tests.conftest import run_cli
 from tests.data.examples.data import KINDS, PLAUSIBLE, make
 
-RF = ("--model", "rf", "--num-runs", "1", "--set", "models.rf.n_estimators=30", "--set", "train.threads=1")
+RF = (
+    *("--model", "rf", "--num-runs", "1", "--set", "models.rf.n_estimators=30", "--set", "train.threads=1"),
+    *("--set", "uncertainty.calibration_folds=0"),
+)
 
 
 def _ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:

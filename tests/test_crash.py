@@ -42,6 +42,7 @@ def test_sigkill_during_training_then_resume_gives_identical_models(
                 "samples": {"path": str(small_synth_dir / "samples.csv")},
                 "covariates": {"root": str(small_synth_dir / "covariates")},
                 "train": {"epochs": 8, "num_runs": 2, "patience": 50, "batch_size": 128, "lr": 0.001},
+                "uncertainty": {"calibration_folds": 0},
             }
         )
     )

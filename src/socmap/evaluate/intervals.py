@@ -116,7 +116,12 @@ def interval_table(predictions: pd.DataFrame, coverages: Sequence[float]) -> pd.
         for c in coverages:
             lo_col, hi_col = interval_columns(c)
             ok = part[lo_col].notna()
-            m = interval_metrics(part.loc[ok, "observed"], part.loc[ok, lo_col], part.loc[ok, hi_col], c)
+            nan = {"picp": float("nan"), "interval_width": float("nan"), "interval_score": float("nan")}
+            m = (
+                interval_metrics(part.loc[ok, "observed"], part.loc[ok, lo_col], part.loc[ok, hi_col], c)
+                if ok.any()
+                else nan
+            )
             rows.append(
                 {
                     "model": model,
@@ -169,7 +174,7 @@ def interval_markdown(
         "",
         "Conformal intervals from out-of-fold residuals (each fold calibrated on the other folds only; "
         "locally adaptive residual scale). Pooled over all out-of-fold predictions; PICP should match the "
-        "nominal coverage.",
+        "nominal coverage. (One fold: nothing to calibrate on, no intervals.)",
         "",
         f"| model | {head} | width {pct}% | interval score {pct}% |",
         "|---|" + "---:|" * (len(coverages) + 2),
