@@ -266,3 +266,58 @@ def test_a_registered_kind_trains_and_maps(
         elevation = src.read(1).astype(np.float64)[rows, cols]
     slope, intercept = load_model(run).coef  # type: ignore[attr-defined]
     np.testing.assert_allclose(values[0, r, c], slope * elevation + intercept, rtol=1e-5, atol=1e-4)
+
+
+def test_report_says_where_the_map_can_be_trusted(qrf_run: Path, qrf_map: MapResult, tmp_path: Path) -> None:
+    """The report's AOA section gives the share of the mapped region inside the AOA (the COG's pixels) and
+    embeds the AOA preview; the intervals section names the calibration."""
+    from socmap.report import build_report
+
+    page = build_report(qrf_run, tmp_path / "r.html", map_path=qrf_map.out).read_text()
+    with rasterio.open(qrf_map.out) as src:
+        aoa = src.read(8, masked=True)
+    share = float((aoa == 1).sum() / aoa.count())
+    assert qrf_map.aoa_share == pytest.approx(share, abs=1e-6)
+    assert "<h2>Where this map can be trusted</h2>" in page
+    assert f"{share:.1%} of the mapped region lies inside the AOA" in page
+    assert 'alt="qrf_aoa.png"' in page and "normalised split-conformal" in page
+
+
+def test_pixels_outside_the_aoa_have_larger_errors_against_the_truth(
+    qrf_run: Path, small_synth_dir: Path
+) -> None:
+    """Synthetic Bavaria: at random grid pixels, the calibrated run's error against the known noise-free truth
+    (socmap.synth.soc_truth, recomputed from the rasters) is larger outside the AOA than inside."""
+    import json
+
+    from socmap.synth import soc_truth, truth_features
+    from socmap.uncertainty.runcal import load_run_uncertainty
+
+    stack = _stack(qrf_run)
+    rng = np.random.default_rng(0)
+    rows = rng.integers(3, stack.grid.height - 3, 1500)
+    cols = rng.integers(3, stack.grid.width - 3, 1500)
+    windows = extract_windows(stack, rows, cols, [YEAR] * rows.size, 5, 5)
+    windows = windows[np.isfinite(windows).mean(axis=(1, 2, 3, 4)) > 0.9]
+    band = {name: i for i, name in enumerate(stack.bands)}
+
+    def yearly(name: str) -> NDArray[np.float32]:  # [N, years, 25]: the generator's layout
+        return windows[:, band[name]].transpose(0, 3, 1, 2).reshape(windows.shape[0], 5, 25)
+
+    elevation = windows[:, band["Elevation"], :, :, -1].reshape(windows.shape[0], 25)
+    features = truth_features(
+        elevation,
+        yearly("LAI"),
+        yearly("LST"),
+        yearly("MODIS_NPP"),
+        yearly("SoilEvaporation"),
+        yearly("TotalEvapotranspiration"),
+    )
+    truth = soc_truth(features, json.loads((small_synth_dir / "truth.json").read_text())["truth"])
+    found = load_run_uncertainty(qrf_run)
+    assert found.aoa is not None
+    error = np.abs(load_model(qrf_run / "runs" / "run_0").predict(windows) - truth)
+    inside = found.aoa.di(windows) <= found.aoa.threshold
+    ok = np.isfinite(truth)
+    assert 0.5 < inside[ok].mean() < 0.98
+    assert error[ok & ~inside].mean() > 1.3 * error[ok & inside].mean()
