@@ -321,7 +321,8 @@ def map_(
     out: Annotated[
         Path,
         typer.Option(
-            "--out", help="Output COG (.tif); OUT's name + .png and _uncertainty.png are written beside it."
+            "--out",
+            help="Output COG (.tif); OUT's name + .png, _uncertainty.png (and _aoa.png) are written beside it.",
         ),
     ],
     year: Annotated[
@@ -403,9 +404,13 @@ def map_(
     )
     typer.echo(f"region: {result.region}")
     typer.echo(
-        f"bands: prediction, Q05, Q95, std ({result.method}, {len(result.model_ids)} models: {result.model_kinds})"
+        f"bands: {', '.join(result.bands)} "
+        f"(interval: {result.method}, {len(result.model_ids)} models: {result.model_kinds})"
     )
-    typer.echo(f"wrote {result.out}, {result.png}, {result.uncertainty_png}")
+    if result.aoa_share is not None:
+        typer.echo(f"area of applicability: {result.aoa_share:.1%} of the mapped pixels inside")
+    pngs = [result.png, result.uncertainty_png] + ([result.aoa_png] if result.aoa_png else [])
+    typer.echo(f"wrote {result.out}, " + ", ".join(str(p) for p in pngs))
 
 
 def _parse_bbox(text: str) -> list[float]:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 from socmap.config import MapConfig
 from socmap.mapping.blocks import compute_block, predict_members, read_inputs, run_block, valid_pixels
-from socmap.mapping.cog import LUCAS_DEPTH, NODATA, depth_tag, map_tags, write_outputs
+from socmap.mapping.cog import LUCAS_DEPTH, NODATA, depth_tag, map_band_names, map_tags, write_outputs
 from socmap.mapping.members import cached_member, load_members
 from socmap.mapping.plan import Block, MapJob, MapPlan, open_blocks_dir, parse_bbox, plan_map, png_paths
 from socmap.mapping.previews import ColorLimits, aoa_png_path, color_limits, render_previews
@@ -115,6 +115,7 @@ class MapResult:
             filters.region set)``.
         aoa_png: the AOA preview (None: the run has no area of applicability).
         aoa_share: the share of mapped pixels inside the area of applicability (None: no AOA).
+        bands: the COG's band names.
     """
 
     out: Path
@@ -135,6 +136,7 @@ class MapResult:
     region: str = ""
     aoa_png: Path | None = None
     aoa_share: float | None = None
+    bands: tuple[str, ...] = ()
 
 
 def map_soc(
@@ -199,6 +201,7 @@ def map_soc(
         region=plan.region_name,
         aoa_png=aoa_png_path(plan.out) if aoa_share is not None else None,
         aoa_share=aoa_share,
+        bands=map_band_names(plan),
     )
 
 

@@ -23,7 +23,7 @@ from socmap.mapping.previews import ColorLimits, render_previews
 from socmap.mapping.uncertainty import N_BANDS, band_descriptions, band_names, model_kinds
 from socmap.models import TargetInfo
 
-__all__ = ["LUCAS_DEPTH", "NODATA", "depth_tag", "map_tags", "write_outputs"]
+__all__ = ["LUCAS_DEPTH", "NODATA", "depth_tag", "map_band_names", "map_tags", "write_outputs"]
 
 NODATA = -9999.0
 LUCAS_DEPTH = "0-20 cm (LUCAS topsoil)"
