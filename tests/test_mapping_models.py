@@ -321,3 +321,27 @@ def test_pixels_outside_the_aoa_have_larger_errors_against_the_truth(
     ok = np.isfinite(truth)
     assert 0.5 < inside[ok].mean() < 0.98
     assert error[ok & ~inside].mean() > 1.3 * error[ok & inside].mean()
+
+
+def test_predict_adds_the_calibrated_interval(
+    qrf_run: Path, qrf_map: MapResult, small_synth_dir: Path, prepared: Path, tmp_path: Path
+) -> None:
+    """socmap predict on a calibrated run writes the calibrated interval, DI and AOA, equal to the map's
+    bands at the same windows, and scores the interval."""
+    import json
+
+    import pandas as pd
+
+    from socmap.predict import predict_samples
+
+    config = load_config(qrf_run / "config.yaml")
+    result = predict_samples(config, qrf_run, tmp_path / "p.csv", prepared=prepared)
+    table = pd.read_csv(result.out)
+    assert {"cal_lower", "cal_median", "cal_upper", "di", "in_aoa"} <= set(table.columns)
+    assert (table["cal_lower"] <= table["cal_median"]).all() and (
+        table["cal_median"] <= table["cal_upper"]
+    ).all()
+    y, lo, hi = table["observed"], table["cal_lower"], table["cal_upper"]
+    stored = json.loads(result.metrics_file.read_text())["calibrated_intervals"]
+    assert stored["picp"] == pytest.approx(((y >= lo) & (y <= hi)).mean())
+    assert stored["picp"] > 0.85  # mostly training samples: the calibrated interval covers them
