@@ -174,7 +174,8 @@ def interval_markdown(
         "",
         "Conformal intervals from out-of-fold residuals (each fold calibrated on the other folds only; "
         "locally adaptive residual scale). Pooled over all out-of-fold predictions; PICP should match the "
-        "nominal coverage. (One fold: nothing to calibrate on, no intervals.)",
+        "nominal coverage."
+        + (" One fold: nothing to calibrate on, no intervals." if table["picp"].isna().all() else ""),
         "",
         f"| model | {head} | width {pct}% | interval score {pct}% |",
         "|---|" + "---:|" * (len(coverages) + 2),
