@@ -319,6 +319,12 @@ class UncertaintyConfig(_Section):
         description="Spatial CV folds `train` fits on its training rows to calibrate the intervals and the "
         "AOA threshold (cv.design, its seed); 0: no calibration (no interval or AOA bands for point models).",
     )
+    calibration_runs: int | None = Field(
+        None,
+        ge=1,
+        description="Runs fitted per calibration fold (None: train.num_runs, the blend calibrated as a whole; "
+        "fewer: cheaper, slightly wider intervals, as one run errs more than the mean of several).",
+    )
     aoa: bool = Field(True, description="Compute the area of applicability (DI and AOA bands).")
 
     @field_validator("coverages")

@@ -104,10 +104,11 @@ def _inner_folds(config: SocmapConfig, data: PreparedData, rows: IntArray) -> tu
 def _fit_predict(
     config: SocmapConfig, data: PreparedData, train: IntArray, test: IntArray, fold: int
 ) -> tuple[FloatArray, FloatArray | None]:
-    """The mean prediction (and mean own width) of ``train.num_runs`` models fitted on ``train``."""
+    """The mean prediction (and mean own width) of ``uncertainty.calibration_runs`` (default
+    ``train.num_runs``) models fitted on ``train``."""
     points, widths = [], []
     windows = read_rows(data.windows, test)
-    for run in range(config.train.num_runs):
+    for run in range(config.uncertainty.calibration_runs or config.train.num_runs):
         model = create_model(config.train.model, config)
         model.model_id = f"{config.name}-{config.train.model}-calibration-fold{fold}-run{run}"
         fit = FitData(
@@ -171,7 +172,7 @@ def calibrate_run(
         aoa.save(folder)
         di = aoa.train_di
     uses_width = bool(np.isfinite(width[tested]).all())
-    runs = config.train.num_runs
+    runs = config.uncertainty.calibration_runs or config.train.num_runs
     source = (
         f"out-of-fold residuals of a {len(tests)}-fold {design} CV of the training samples "
         f"(mean of {runs} run{'s' if runs > 1 else ''} per fold)"
