@@ -118,7 +118,7 @@ def test_map_without_year_or_region_covers_the_grid(workflows: dict[str, Workflo
     assert low < float(pred.min()) and float(pred.max()) < high
     assert tags["region"] == GRID_FOOTPRINT and tags["year"] == "none (static covariates)"
     assert tags["target"] == example.target and tags["unit"] == example.unit and tags["depth"] == "unknown"
-    assert description.startswith(f"prediction of {example.target} ({example.unit}): mean of 1 model's")
+    assert description.startswith(f"mean: prediction of {example.target} ({example.unit}): mean of 1 model's")
     assert "SOC" not in description
 
 
