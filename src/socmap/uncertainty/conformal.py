@@ -339,10 +339,19 @@ def calibrate(
     if y.shape != p.shape:
         raise InputError(f"calibration: {y.size} observed but {p.size} predicted values")
     r = y - p
-    scale = ScaleModel.fit(r, p, width, di) if adaptive else ScaleModel()
-    sigma = scale.sigma(p, width, di)
     levels = quantile_levels((*coverages, nominal))
-    return Calibration(nominal, scale, conformal_offsets(r / sigma, levels), int(y.size), source)
+    flat = Calibration(nominal, ScaleModel(), conformal_offsets(r, levels), int(y.size), source)
+    if not adaptive:
+        return flat
+    scale = ScaleModel.fit(r, p, width, di)
+    sigma = scale.sigma(p, width, di)
+    fitted = Calibration(nominal, scale, conformal_offsets(r / sigma, levels), int(y.size), source)
+    # keep the residual-scale model only when it narrows the nominal interval on the calibration rows: a
+    # scale model unrelated to the errors only fattens the tails of r / σ
+    lo, hi = fitted.interval_levels[0], fitted.interval_levels[2]
+    adaptive_width = float(np.mean(sigma)) * (fitted.offsets[hi] - fitted.offsets[lo])
+    flat_width = flat.offsets[hi] - flat.offsets[lo]
+    return fitted if adaptive_width <= flat_width else flat
 
 
 def cross_conformal(
