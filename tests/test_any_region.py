@@ -33,7 +33,10 @@ from socmap.report import build_report
 from tests.conftest import run_cli
 from tests.data.examples.data import KINDS, PLAUSIBLE, make
 
-RF = ("--model", "rf", "--num-runs", "1", "--set", "models.rf.n_estimators=30", "--set", "train.threads=1")
+RF = (
+    *("--model", "rf", "--num-runs", "1", "--set", "models.rf.n_estimators=30", "--set", "train.threads=1"),
+    *("--set", "uncertainty.calibration_folds=0"),
+)
 
 
 def _ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
@@ -115,7 +118,7 @@ def test_map_without_year_or_region_covers_the_grid(workflows: dict[str, Workflo
     assert low < float(pred.min()) and float(pred.max()) < high
     assert tags["region"] == GRID_FOOTPRINT and tags["year"] == "none (static covariates)"
     assert tags["target"] == example.target and tags["unit"] == example.unit and tags["depth"] == "unknown"
-    assert description.startswith(f"prediction of {example.target} ({example.unit}): mean of 1 model's")
+    assert description.startswith(f"mean: prediction of {example.target} ({example.unit}): mean of 1 model's")
     assert "SOC" not in description
 
 

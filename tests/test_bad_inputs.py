@@ -383,6 +383,7 @@ def small_run(small_synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
                 "samples": {"path": str(small_synth_dir / "samples.csv")},
                 "covariates": {"root": str(small_synth_dir / "covariates")},
                 "train": {"epochs": 1, "seed_models": 1, "num_runs": 1, "wandb_mode": "disabled"},
+                "uncertainty": {"calibration_folds": 0},
             }
         )
     )

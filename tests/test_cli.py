@@ -113,6 +113,8 @@ def test_train_cli_end_to_end_with_offline_tracking(small_synth_dir: Path, tmp_p
         f"samples.path={small_synth_dir / 'samples.csv'}",
         "--set",
         f"covariates.root={small_synth_dir / 'covariates'}",
+        "--set",
+        "uncertainty.calibration_folds=0",
     ]
     out = tmp_path / "run"
     result = run_cli(
@@ -163,6 +165,8 @@ def test_tree_model_through_train_predict_and_errors_naming_flags(
         f"covariates.root={small_synth_dir / 'covariates'}",
         "--set",
         "models.xgb.n_estimators=40",
+        "--set",
+        "uncertainty.calibration_folds=0",
     ]
     out = tmp_path / "run"
     result = run_cli("train", *sets, "--out", str(out), "--model", "xgb", "--num-runs", "2")

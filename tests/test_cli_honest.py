@@ -16,7 +16,7 @@ import yaml
 from tests.conftest import run_cli
 from tests.data.examples.data import make
 
-FAST = ("--model", "linear", "--num-runs", "2")
+FAST = ("--model", "linear", "--num-runs", "2", "--set", "uncertainty.calibration_folds=0")
 
 
 @pytest.fixture(scope="module")

@@ -51,6 +51,7 @@ def test_sigkill_during_training_then_resume_gives_identical_models(
                     "lstm_input_size": 32,  # a small LSTM: the resume logic does not depend on its size
                     "lstm_hidden_size": 32,
                 },
+                "uncertainty": {"calibration_folds": 0},
             }
         )
     )

@@ -21,6 +21,7 @@ from socmap.windows import PreparedData, prepare
 
 FAST = {"rf": {"n_estimators": 60}, "qrf": {"n_estimators": 60}, "xgb": {"n_estimators": 80}}
 MODELS = ["cnn_lstm", "rf", "qrf", "xgb"]
+OWN_LABELS = ["own PICP (90%)", "own interval width", "own interval score"]  # a model's own Q05-Q95
 
 
 def config(root: Path, **extra: object) -> SocmapConfig:
@@ -234,11 +235,11 @@ def test_markdown_lists_every_model_and_metric(result: CVResult) -> None:
     text = (result.out / "metrics.md").read_text()
     assert text == result.markdown
     for model in MODELS:
-        assert text.count(f"| {model} |") == 2  # mean ± std table and pooled table
-    labels = ["R²", "RMSE", "MAE", "ME", "RPIQ", "CCC", "PICP (90%)", "interval width", "interval score"]
+        assert text.count(f"| {model} |") == 4  # mean ± std, pooled, calibrated intervals, AOA errors
+    labels = ["R²", "RMSE", "MAE", "ME", "RPIQ", "CCC", *OWN_LABELS]
     headers = [line for line in text.splitlines() if line.startswith("| model |")]
-    assert len(headers) == 2
-    for header in headers:
+    assert len(headers) == 4  # the two metric tables, then calibrated intervals and AOA errors
+    for header in headers[:2]:
         assert [c.strip() for c in header.strip("|").split("|")] == ["model", *labels]
     rf_r2 = result.summary.set_index(["model", "metric"]).loc[("rf", "r2")]
     assert f"{rf_r2['mean']:.3f} ± {rf_r2['std']:.3f}" in text
@@ -338,3 +339,32 @@ def test_splitter_errors_name_the_config_keys(
     with pytest.raises(InputError, match=r"cv\.design spatial-block with cv\.folds 50 .*block_size_km"):
         cross_validate(cfg, prepared, tmp_path / "cv")
     assert not (tmp_path / "cv" / "metrics_summary.csv").exists()
+
+
+def test_calibrated_intervals_and_aoa_for_every_model(result: CVResult) -> None:
+    """Every model gets conformal intervals whose fold k is calibrated on the other folds only; the tables
+    are recomputed from predictions.csv; the cross-validated DI is each row's distance to its fold's training
+    rows."""
+    from socmap.uncertainty import calibrate
+
+    pred = pd.read_csv(result.out / "predictions.csv")
+    table = pd.read_csv(result.out / "intervals.csv")
+    assert (result.out / "calibration.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(table["model"]) == set(MODELS) and set(table["nominal"]) == {0.5, 0.8, 0.9, 0.95}
+    for row in table.itertuples():
+        g = pred[pred["model"] == row.model]
+        pct = f"{100 * row.nominal:.3g}"
+        lo, hi, y = g[f"pi{pct}_lower"], g[f"pi{pct}_upper"], g["observed"]
+        assert row.picp == pytest.approx(((y >= lo) & (y <= hi)).mean())
+        assert row.interval_width == pytest.approx((hi - lo).mean())
+    rf = pred[pred["model"] == "rf"]
+    rest, one = rf[rf["fold"] != 0], rf[rf["fold"] == 0]
+    calib = calibrate(rest["observed"], rest["predicted"], di=rest["di"])
+    lo, hi = calib.interval(one["predicted"], 0.9, di=one["di"])
+    np.testing.assert_allclose(one["pi90_lower"], lo)
+    np.testing.assert_allclose(one["pi90_upper"], hi)
+    picp90 = table[np.isclose(table["nominal"], 0.9)].set_index("model")["picp"]
+    assert picp90[["rf", "qrf", "xgb"]].between(0.85, 0.95).all()  # the 1-epoch network's folds differ
+    # in bias by ±20 g/kg, so no calibration on other folds can cover its folds (an honest failure)
+    assert (pred["di"] >= 0).all() and pred["in_aoa"].mean() > 0.8
+    assert "## Calibrated prediction intervals" in result.markdown and result.aoa_threshold is not None

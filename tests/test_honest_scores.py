@@ -31,6 +31,7 @@ def config(root: Path, **extra: object) -> SocmapConfig:
         "train.batch_size": 128,
         "train.wandb_mode": "disabled",
         "train.lr": 0.002,
+        "uncertainty.calibration_folds": 0,  # no calibration refits: fast tests (test_mapping_models has one)
     }
     overrides.update(extra)
     return load_config(None, overrides)

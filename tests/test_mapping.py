@@ -56,6 +56,7 @@ def run_dir(small_synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         "train.lstm_input_size": 16,  # a small LSTM: fast tests; the mapping code does not depend on it
         "train.lstm_hidden_size": 16,
         "train.threads": 1,  # no OpenMP contention on a busy CI machine; restored below
+        "uncertainty.calibration_folds": 0,  # uncalibrated (test_mapping_models maps a calibrated run)
     }
     out = tmp_path_factory.mktemp("maprun") / "run"
     threads = torch.get_num_threads()
@@ -137,9 +138,9 @@ def test_map_equals_training_extraction_and_models(run_dir: Path, mapped: Any) -
     preds = np.stack([p.predict(windows[pick]) for p in _members(run_dir)])
     got = values[:, pick // w, pick % w]
     np.testing.assert_allclose(got[0], preds.mean(axis=0), rtol=1e-5, atol=1e-4)
-    np.testing.assert_allclose(got[1], np.quantile(preds, 0.05, axis=0), rtol=1e-5, atol=1e-4)
-    np.testing.assert_allclose(got[2], np.quantile(preds, 0.95, axis=0), rtol=1e-5, atol=1e-4)
-    np.testing.assert_allclose(got[3], preds.std(axis=0, ddof=1), rtol=1e-4, atol=1e-4)
+    assert (got[1:5] == profile["nodata"]).all()  # no calibration, no own intervals: no interval bands
+    np.testing.assert_allclose(got[5], preds.std(axis=0, ddof=1), rtol=1e-4, atol=1e-4)  # the run spread
+    assert (got[6:] == profile["nodata"]).all()  # no AOA
     assert (values[:, ~mapped_px] == profile["nodata"]).all()
 
 
@@ -150,20 +151,22 @@ def test_cog_layout_metadata_and_pngs(run_dir: Path, mapped: Any) -> None:
         assert src.profile["tiled"] and src.profile["compress"] == "deflate"
         assert src.overviews(1) and src.overviews(4)
         assert src.crs.to_epsg() == 25832 and src.nodata == -9999.0
-        assert src.count == 4 and set(src.dtypes) == {"float32"}
-        assert src.units == ("g/kg",) * 4
+        assert src.count == 8 and set(src.dtypes) == {"float32"}
+        assert src.units == ("g/kg",) * 6 + ("1", "1")
         d = src.descriptions
-        assert d[0].startswith("prediction of OC (g/kg): mean of 2 models")
-        assert "5% quantile of the 2 models' predictions" in d[1] and "95% quantile" in d[2]
-        assert "standard deviation (ddof=1)" in d[3]
+        assert d[0].startswith("mean: prediction of OC (g/kg): mean of 2 models")
+        assert all("not available" in text for text in (*d[1:5], *d[6:]))
+        assert "standard deviation (ddof=1)" in d[5] and "not a prediction interval" in d[5]
         tags = src.tags()
         assert tags["year"] == "2023" and tags["depth"] == "0-20 cm (LUCAS topsoil)"
         assert tags["covariate_time_labels"] == "2019,2020,2021,2022,2023"
         assert tags["model_ids"].split(",") == result.model_ids and len(result.model_ids) == 2
-        assert tags["method"].startswith("ensemble_spread") and tags["socmap_version"]
+        assert tags["method"].startswith("none") and tags["socmap_version"]
         assert tags["region"].endswith("region.geojson") and result.region == tags["region"]
-        assert tags["model_kinds"] == "cnn_lstm" and "cnn_lstm" in d[1]
-        assert src.tags(2)["name"] == "q05" and src.tags(4)["method"] == d[3]
+        assert tags["model_kinds"] == "cnn_lstm" and "cnn_lstm" in d[5]
+        names = [src.tags(i)["name"] for i in range(1, 9)]
+        assert names == ["mean", "Q0.05", "Q0.5", "Q0.95", "PI90_width", "model_spread_sd", "DI", "AOA"]
+        assert src.tags(6)["method"] == d[5]
         pred = src.read(1, masked=True)
         assert 5 < float(pred.mean()) < 80  # g/kg, original scale
     for png in png_paths(result.out):
@@ -177,7 +180,7 @@ def test_cog_layout_metadata_and_pngs(run_dir: Path, mapped: Any) -> None:
     # progress: region pixels, monotone, ending at the total
     done = [d for d, _ in reports]
     assert done == sorted(done) and reports[-1] == (result.n_region_pixels, result.n_region_pixels)
-    assert result.method == "ensemble_spread" and result.n_blocks_resumed == 0
+    assert result.method == "none" and result.n_blocks_resumed == 0 and result.aoa_share is None
 
 
 def test_resume_after_failure_keeps_finished_blocks(
@@ -302,7 +305,8 @@ def _quantile_member(base: DeepModel, seed: int) -> DeepModel:
 
 
 def test_quantile_heads_are_averaged(run_dir: Path, tmp_path: Path) -> None:
-    """Two members with quantile heads: Q05/Q95 are the heads' quantiles averaged over members."""
+    """Two members with quantile heads and no calibration: Q0.05/Q0.5/Q0.95 are the heads' own quantiles
+    averaged over members (uncalibrated), band 5 their width, band 6 the members' spread."""
     folder = _single_model_run(run_dir, tmp_path / "quantile")
     base = load_model(run_dir)
     assert isinstance(base, DeepModel)
@@ -319,15 +323,13 @@ def test_quantile_heads_are_averaged(run_dir: Path, tmp_path: Path) -> None:
     windows = extract_windows(stack, r + row0, c + col0, [str(YEAR)] * r.size, 5, 5)
     heads = [m.predict_quantiles(windows, (0.05, 0.5, 0.95)) for m in members]
     assert all(h is not None for h in heads)
-    q05 = np.mean([h[:, 0] for h in heads if h is not None], axis=0)
-    q95 = np.mean([h[:, 2] for h in heads if h is not None], axis=0)
+    q = np.mean([h for h in heads if h is not None], axis=0)
     pred = np.stack([m.predict(windows) for m in members])
-    widths = [((h[:, 2] - h[:, 0]) / 3.289707) ** 2 for h in heads if h is not None]
-    sd = np.sqrt(np.mean(widths, axis=0) + pred.var(0))
     np.testing.assert_allclose(values[0, r, c], pred.mean(0), rtol=1e-5, atol=1e-4)
-    np.testing.assert_allclose(values[1, r, c], q05, rtol=1e-5, atol=1e-4)
-    np.testing.assert_allclose(values[2, r, c], q95, rtol=1e-5, atol=1e-4)
-    np.testing.assert_allclose(values[3, r, c], sd, rtol=1e-4, atol=1e-4)
+    for j in range(3):
+        np.testing.assert_allclose(values[1 + j, r, c], q[:, j], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(values[4, r, c], q[:, 2] - q[:, 0], rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(values[5, r, c], pred.std(0, ddof=1), rtol=1e-4, atol=1e-4)
     with rasterio.open(result.out) as src:
         assert "cnn_lstm quantile head" in " ".join(src.descriptions)
 

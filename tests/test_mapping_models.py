@@ -1,4 +1,5 @@
-"""Mapping with any model kind: a quantile forest's own quantiles in bands 2/3, an ensemble of kinds, trees
+"""Mapping with any model kind: a calibrated quantile forest (conformal interval, DI and AOA bands recomputed
+from the run's calibration), an ensemble of kinds, trees
 bit-identical across schedulers, a static-only stack mapped without a year, and a kind registered by the user
 that trains and maps without any change to socmap."""
 
@@ -19,7 +20,7 @@ from socmap.config import MapConfig, load_config
 from socmap.data import RasterStack, discover_stack
 from socmap.errors import InputError
 from socmap.mapping import MapResult, map_soc
-from socmap.mapping.uncertainty import Z95, interval_source, uncertainty_method
+from socmap.mapping.uncertainty import interval_source, uncertainty_method
 from socmap.models import FitData, FitInfo, InputSpec, SocModel, load_model, read_rows, register_model
 from socmap.models.ensemble import EnsembleModel
 from socmap.region import GRID_FOOTPRINT
@@ -39,6 +40,7 @@ def _overrides(small_synth_dir: Path, **extra: Any) -> dict[str, Any]:
         "train.num_runs": 1,
         "train.threads": 2,
         "train.wandb_mode": "disabled",
+        "uncertainty.calibration_folds": 0,  # uncalibrated unless a test asks (calibration refits the model)
         **extra,
     }
 
@@ -86,9 +88,12 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def qrf_run(small_synth_dir: Path, prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("qrf") / "run"
-    return _train(
-        small_synth_dir, out, prepared, **{"train.model": "qrf", "models": {"qrf": {"n_estimators": 20}}}
-    )
+    extra = {
+        "train.model": "qrf",
+        "models": {"qrf": {"n_estimators": 20}},
+        "uncertainty.calibration_folds": 3,
+    }
+    return _train(small_synth_dir, out, prepared, **extra)
 
 
 @pytest.fixture(scope="module")
@@ -96,24 +101,62 @@ def qrf_map(qrf_run: Path, tmp_path_factory: pytest.TempPathFactory) -> MapResul
     return _map(qrf_run, tmp_path_factory.mktemp("qrf-map") / "qrf.tif")
 
 
-def test_qrf_map_bands_are_the_forests_own_quantiles(qrf_run: Path, qrf_map: MapResult) -> None:
-    """Band 1 is the forest's conditional mean (not Q50), bands 2/3 its Q05/Q95, band 4 (Q95-Q05)/3.29."""
+def test_qrf_map_bands_are_the_calibrated_interval_di_and_aoa(qrf_run: Path, qrf_map: MapResult) -> None:
+    """Band 1 is the forest's conditional mean; bands 2-4 the calibrated quantiles mean + σ·offset, σ from the
+    forest's own Q95-Q05 width and the DI; band 5 their width; 7-8 the DI and AOA of the run's aoa.json, each
+    recomputed here from the saved calibration, the forest's own quantiles and a nearest-neighbour search."""
+    from scipy.spatial import cKDTree
+
+    from socmap.uncertainty.runcal import load_run_uncertainty
+
     values, tags, descriptions = _read(qrf_map.out)
-    assert qrf_map.method == "model_intervals" and qrf_map.model_kinds == "qrf"
+    assert qrf_map.method == "conformal" and qrf_map.model_kinds == "qrf"
     assert qrf_map.n_blocks >= 6 and qrf_map.n_mapped > 500
-    assert tags["method"].startswith("model_intervals") and tags["model_kinds"] == "qrf"
-    assert "qrf quantile regression forest quantiles" in descriptions[1]
+    assert tags["method"].startswith("conformal") and tags["model_kinds"] == "qrf"
+    assert "calibrated conformal quantile" in descriptions[1] and "dissimilarity index" in descriptions[6]
+    assert qrf_map.aoa_png is not None and qrf_map.aoa_png.read_bytes()[:4] == b"\x89PNG"
+    found = load_run_uncertainty(qrf_run)
+    assert found.calibration is not None and found.aoa is not None and found.uses_width
     stack = _stack(qrf_run)
     r, c, rows, cols = _pixels(qrf_map.out, stack, 300)
     windows = extract_windows(stack, rows, cols, [YEAR] * rows.size, 5, 5)
     forest = load_model(qrf_run / "runs" / "run_0")
     point, q = forest.predict(windows), forest.predict_quantiles(windows, LEVELS)
     assert q is not None
+    aoa = found.aoa
+    x = (aoa.features.transform(windows) - aoa.center) / aoa.scale * aoa.weights
+    di = cKDTree(aoa.train).query(x)[0] / aoa.mean_distance
+    calib = found.calibration
+    expected = calib.quantiles(point, (0.05, 0.5, 0.95), width=q[:, 2] - q[:, 0], di=di)
     np.testing.assert_allclose(values[0, r, c], point, rtol=1e-6, atol=1e-5)
-    np.testing.assert_allclose(values[1, r, c], q[:, 0], rtol=1e-6, atol=1e-5)
-    np.testing.assert_allclose(values[2, r, c], q[:, 2], rtol=1e-6, atol=1e-5)
-    np.testing.assert_allclose(values[3, r, c], (q[:, 2] - q[:, 0]) / (2 * Z95), rtol=1e-5, atol=1e-5)
-    assert np.abs(values[0, r, c] - q[:, 1]).max() > 1e-3  # the mean, not the median
+    for j in range(3):
+        np.testing.assert_allclose(values[1 + j, r, c], expected[:, j], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(values[4, r, c], expected[:, 2] - expected[:, 0], rtol=1e-5, atol=1e-3)
+    assert (values[5] == -9999.0).all()  # one run: no spread between runs
+    np.testing.assert_allclose(values[6, r, c], di, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(values[7, r, c], (di <= aoa.threshold).astype(np.float32))
+    assert qrf_map.aoa_share is not None and 0.0 < qrf_map.aoa_share <= 1.0
+
+
+def test_train_stores_a_calibration_refittable_from_its_oof(qrf_run: Path) -> None:
+    """calibration.json is the calibration of calibration_oof.csv (out-of-fold rows of training samples only,
+    never the test set), and records the calibrated intervals' scores on the held-out test set."""
+    import json
+
+    import pandas as pd
+
+    from socmap.uncertainty import Calibration, calibrate
+
+    state = json.loads((qrf_run / "calibration.json").read_text())
+    oof = pd.read_csv(qrf_run / "calibration_oof.csv")
+    split = pd.read_csv(qrf_run / "split.csv")
+    test_ids = set(split.loc[split["role"] == "test", "sample_id"])
+    assert state["folds"] == 3 and not test_ids & set(oof["sample_id"]) and len(oof) > 100
+    again = calibrate(oof["observed"], oof["predicted"], width=oof["own_width"], di=oof["di"])
+    saved = Calibration.from_json(state)
+    assert saved.offsets == pytest.approx(again.offsets) and saved.scale == again.scale
+    assert set(state["test"]) >= {"0.5", "0.9", "aoa"} and state["n_test"] > 20
+    assert 0.6 < state["test"]["0.9"]["picp"] <= 1.0
 
 
 def test_tree_map_is_bit_identical_on_dask_threads(qrf_run: Path, qrf_map: MapResult, tmp_path: Path) -> None:
@@ -223,3 +266,80 @@ def test_a_registered_kind_trains_and_maps(
         elevation = src.read(1).astype(np.float64)[rows, cols]
     slope, intercept = load_model(run).coef  # type: ignore[attr-defined]
     np.testing.assert_allclose(values[0, r, c], slope * elevation + intercept, rtol=1e-5, atol=1e-4)
+
+
+def test_report_says_where_the_map_can_be_trusted(qrf_run: Path, qrf_map: MapResult, tmp_path: Path) -> None:
+    """The report's AOA section gives the share of the mapped region inside the AOA (the COG's pixels) and
+    embeds the AOA preview; the intervals section names the calibration."""
+    from socmap.report import build_report
+
+    page = build_report(qrf_run, tmp_path / "r.html", map_path=qrf_map.out).read_text()
+    with rasterio.open(qrf_map.out) as src:
+        aoa = src.read(8, masked=True)
+    share = float((aoa == 1).sum() / aoa.count())
+    assert qrf_map.aoa_share == pytest.approx(share, abs=1e-6)
+    assert "<h2>Where this map can be trusted</h2>" in page
+    assert f"{share:.1%} of the mapped region lies inside the AOA" in page
+    assert 'alt="qrf_aoa.png"' in page and "normalised split-conformal" in page
+
+
+def test_pixels_outside_the_aoa_have_larger_errors_against_the_truth(
+    qrf_run: Path, small_synth_dir: Path
+) -> None:
+    """Synthetic Bavaria: at random grid pixels, the calibrated run's error against the known noise-free truth
+    (socmap.synth.soc_truth, recomputed from the rasters) is larger outside the AOA than inside."""
+    import json
+
+    from socmap.synth import soc_truth, truth_features
+    from socmap.uncertainty.runcal import load_run_uncertainty
+
+    stack = _stack(qrf_run)
+    rng = np.random.default_rng(0)
+    rows = rng.integers(3, stack.grid.height - 3, 1500)
+    cols = rng.integers(3, stack.grid.width - 3, 1500)
+    windows = extract_windows(stack, rows, cols, [YEAR] * rows.size, 5, 5)
+    windows = windows[np.isfinite(windows).mean(axis=(1, 2, 3, 4)) > 0.9]
+    band = {name: i for i, name in enumerate(stack.bands)}
+
+    def yearly(name: str) -> NDArray[np.float32]:  # [N, years, 25]: the generator's layout
+        return windows[:, band[name]].transpose(0, 3, 1, 2).reshape(windows.shape[0], 5, 25)
+
+    elevation = windows[:, band["Elevation"], :, :, -1].reshape(windows.shape[0], 25)
+    features = truth_features(
+        elevation,
+        yearly("LAI"),
+        yearly("LST"),
+        yearly("MODIS_NPP"),
+        yearly("SoilEvaporation"),
+        yearly("TotalEvapotranspiration"),
+    )
+    truth = soc_truth(features, json.loads((small_synth_dir / "truth.json").read_text())["truth"])
+    found = load_run_uncertainty(qrf_run)
+    assert found.aoa is not None
+    error = np.abs(load_model(qrf_run / "runs" / "run_0").predict(windows) - truth)
+    inside = found.aoa.di(windows) <= found.aoa.threshold
+    ok = np.isfinite(truth)
+    assert 0.5 < inside[ok].mean() < 0.98
+    assert error[ok & ~inside].mean() > 1.3 * error[ok & inside].mean()
+
+
+def test_predict_adds_the_calibrated_interval(qrf_run: Path, prepared: Path, tmp_path: Path) -> None:
+    """socmap predict on a calibrated run writes the calibrated interval (ordered), DI and AOA, and scores the
+    interval (the stored PICP recomputed from the CSV)."""
+    import json
+
+    import pandas as pd
+
+    from socmap.predict import predict_samples
+
+    config = load_config(qrf_run / "config.yaml")
+    result = predict_samples(config, qrf_run, tmp_path / "p.csv", prepared=prepared)
+    table = pd.read_csv(result.out)
+    assert {"cal_lower", "cal_median", "cal_upper", "di", "in_aoa"} <= set(table.columns)
+    assert (table["cal_lower"] <= table["cal_median"]).all() and (
+        table["cal_median"] <= table["cal_upper"]
+    ).all()
+    y, lo, hi = table["observed"], table["cal_lower"], table["cal_upper"]
+    stored = json.loads(result.metrics_file.read_text())["calibrated_intervals"]
+    assert stored["picp"] == pytest.approx(((y >= lo) & (y <= hi)).mean())
+    assert stored["picp"] > 0.85  # mostly training samples: the calibrated interval covers them

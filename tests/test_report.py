@@ -26,6 +26,7 @@ def run_dir(small_synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
             "train.seed_models": 1,
             "train.num_runs": 2,
             "train.wandb_mode": "disabled",
+            "uncertainty.calibration_folds": 0,  # no calibration refits: fast tests (test_mapping_models has one)
         },
     )
     return train(cfg, tmp_path_factory.mktemp("run") / "r").out

@@ -32,6 +32,7 @@ def config(root: Path, **extra: object) -> SocmapConfig:
         "cv.models": ["rf", "linear"],
         "cv.design": "spatial-block",
         "cv.folds": 3,
+        "uncertainty.calibration_folds": 0,  # no calibration refits: fast tests (test_mapping_models has one)
     }
     overrides.update(extra)
     return load_config(None, overrides)

@@ -319,7 +319,38 @@ def _print_train_summary(s: RunSummary, out: Path) -> None:
     typer.echo(f"run kept as the folder's model: {s.selection}")
     if s.r2_ceiling is not None:
         typer.echo(f"known ceiling of the test set (noise-free truth): R² {s.r2_ceiling:.3f}")
+    _echo_calibration(Path(out))
     typer.echo(f"wrote {out}")
+
+
+def _echo_calibration(out: Path) -> None:
+    """One line on the stored interval calibration and its coverage on the held-out test set."""
+    import json
+
+    path = out / "calibration.json"
+    if not path.is_file():
+        return
+    state = json.loads(path.read_text())
+    nominal = float(state["nominal"])
+    test = state.get("test", {}).get(f"{nominal:g}")
+    text = f"interval calibration: {state['n']} out-of-fold residuals ({state.get('folds')} folds)"
+    if test:
+        text += (
+            f"; calibrated {nominal:.0%} interval on the test set: PICP {test['picp']:.3f}, "
+            f"width {test['interval_width']:.3g}"
+        )
+    typer.echo(text)
+
+
+def _calibrated_text(result: CVResult, model: str) -> str:
+    """``, calibrated PICP(90%) 0.90 (width 25.3)`` from the cv's intervals table, or nothing."""
+    table = result.intervals
+    if table is None:
+        return ""
+    rows = table[(table["model"] == model) & ((table["nominal"] - 0.9).abs() < 1e-9)]
+    if rows.empty or not math.isfinite(float(rows["picp"].iloc[0])):
+        return ""
+    return f", calibrated PICP(90%) {float(rows['picp'].iloc[0]):.3f} (width {float(rows['interval_width'].iloc[0]):.3g})"
 
 
 @app.command("map")
@@ -331,7 +362,8 @@ def map_(
     out: Annotated[
         Path,
         typer.Option(
-            "--out", help="Output COG (.tif); OUT's name + .png and _uncertainty.png are written beside it."
+            "--out",
+            help="Output COG (.tif); OUT's name + .png, _uncertainty.png (and _aoa.png) are written beside it.",
         ),
     ],
     year: Annotated[
@@ -413,9 +445,13 @@ def map_(
     )
     typer.echo(f"region: {result.region}")
     typer.echo(
-        f"bands: prediction, Q05, Q95, std ({result.method}, {len(result.model_ids)} models: {result.model_kinds})"
+        f"bands: {', '.join(result.bands)} "
+        f"(interval: {result.method}, {len(result.model_ids)} models: {result.model_kinds})"
     )
-    typer.echo(f"wrote {result.out}, {result.png}, {result.uncertainty_png}")
+    if result.aoa_share is not None:
+        typer.echo(f"area of applicability: {result.aoa_share:.1%} of the mapped pixels inside")
+    pngs = [result.png, result.uncertainty_png] + ([result.aoa_png] if result.aoa_png else [])
+    typer.echo(f"wrote {result.out}, " + ", ".join(str(p) for p in pngs))
 
 
 def _parse_bbox(text: str) -> list[float]:
@@ -635,8 +671,8 @@ def _print_cv(result: CVResult, n_samples: int) -> None:
         if math.isfinite(mean):
             text += f" (fold mean R² {mean:.3f} ± {std:.3f})"
         if (m, "picp") in values and math.isfinite(num(m, "picp", "pooled")):
-            text += f", PICP(90%) {num(m, 'picp', 'pooled'):.2f}"
-        typer.echo(text)
+            text += f", own PICP(90%) {num(m, 'picp', 'pooled'):.2f}"
+        typer.echo(text + _calibrated_text(result, m))
     if result.r2_ceiling is not None:
         typer.echo(f"known ceiling of the tested samples (noise-free truth): R² {result.r2_ceiling:.3f}")
     for warning in result.warnings:

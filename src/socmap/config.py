@@ -22,6 +22,7 @@ __all__ = [
     "CVConfig",
     "MapConfig",
     "SocmapConfig",
+    "UncertaintyConfig",
     "dump_config",
     "load_config",
     "parse_override",
@@ -375,6 +376,41 @@ class MapConfig(_Section):
 CV_DESIGNS = ("spatial-block", "buffered", "random", "distance-split", "knndm")
 
 
+class UncertaintyConfig(_Section):
+    """Prediction intervals (conformal calibration) and the area of applicability (see socmap.uncertainty)."""
+
+    nominal: float = Field(
+        0.9, gt=0, lt=1, description="Nominal coverage of the mapped interval (0.9: Q0.05-Q0.95)."
+    )
+    coverages: list[float] = Field(
+        [0.5, 0.8, 0.9, 0.95], description="Coverages whose PICP every cv reports."
+    )
+    adaptive: bool = Field(
+        True, description="Locally adaptive intervals (a model of the residual scale); false: constant width."
+    )
+    calibration_folds: int = Field(
+        5,
+        ge=0,
+        description="Spatial CV folds `train` fits on its training rows to calibrate the intervals and the "
+        "AOA threshold (cv.design, its seed); 0: no calibration (no interval or AOA bands for point models).",
+    )
+    calibration_runs: int | None = Field(
+        None,
+        ge=1,
+        description="Runs fitted per calibration fold (None: train.num_runs, the blend calibrated as a whole; "
+        "fewer: cheaper, slightly wider intervals, as one run errs more than the mean of several).",
+    )
+    aoa: bool = Field(True, description="Compute the area of applicability (DI and AOA bands).")
+
+    @field_validator("coverages")
+    @classmethod
+    def _check_coverages(cls, value: list[float]) -> list[float]:
+        bad = [c for c in value if not 0 < c < 1]
+        if bad or not value:
+            raise ValueError(f"coverages {bad or value}: expected coverages between 0 and 1, e.g. [0.5, 0.9]")
+        return sorted(set(float(c) for c in value))
+
+
 class CVConfig(_Section):
     """`socmap cv` settings (its flags override these)."""
 
@@ -416,6 +452,7 @@ class SocmapConfig(_Section):
     )
     map: MapConfig = Field(default_factory=MapConfig)
     cv: CVConfig = Field(default_factory=CVConfig)
+    uncertainty: UncertaintyConfig = Field(default_factory=UncertaintyConfig)
     base_dir: Path = Field(Path("."), description="Folder relative paths are resolved against (the YAML's).")
 
     @model_validator(mode="before")

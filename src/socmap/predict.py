@@ -3,6 +3,9 @@
 ``predict_samples(config, run, out)`` prepares the samples of ``config`` (e.g. an independent test set, same
 bands as the model), predicts them with every model of the run folder, writes a CSV (one row per kept sample:
 observed, predicted, the runs' spread and, for models with intervals, Q05/Q50/Q95) and the metrics beside it.
+When the run folder holds a calibration (``socmap train``), the calibrated interval (``cal_lower``,
+``cal_median``, ``cal_upper`` at ``uncertainty.nominal``) and, with an AOA, ``di`` and ``in_aoa`` are added and
+scored (``calibrated_intervals`` in the metrics).
 """
 
 from __future__ import annotations
@@ -20,9 +23,17 @@ from socmap.errors import InputError, OutputError
 from socmap.metrics import interval_metrics, regression_metrics
 from socmap.models import SocModel, load_model, predict_located
 from socmap.runfolder import RunFolder
+from socmap.uncertainty.runcal import RunUncertainty, load_run_uncertainty, member_width
 from socmap.windows import prepare
 
-__all__ = ["INTERVAL_LEVELS", "PredictResult", "load_members", "predict_samples", "predict_table"]
+__all__ = [
+    "INTERVAL_LEVELS",
+    "PredictResult",
+    "calibrated_columns",
+    "load_members",
+    "predict_samples",
+    "predict_table",
+]
 
 INTERVAL_LEVELS = (0.05, 0.5, 0.95)
 
@@ -63,6 +74,28 @@ def predict_table(
     return out
 
 
+def calibrated_columns(
+    found: RunUncertainty,
+    members: list[SocModel],
+    windows: NDArray[np.float32],
+    predicted: NDArray[np.float64],
+    xy: NDArray[np.float64] | None = None,
+) -> dict[str, NDArray[np.float64]]:
+    """The run's calibrated interval (and DI / AOA) for the members' mean prediction; empty without one
+    (``xy``: grid-CRS locations for models that use them)."""
+    out: dict[str, NDArray[np.float64]] = {}
+    di = found.aoa.di(windows) if found.aoa is not None else None
+    if di is not None and found.aoa is not None:
+        out["di"] = di
+        out["in_aoa"] = (di <= found.aoa.threshold).astype(np.float64)
+    if found.calibration is not None:
+        calib = found.calibration
+        width = member_width(members, windows, 4096, xy) if found.uses_width else None
+        q = calib.quantiles(predicted, calib.interval_levels, width, di)
+        out["cal_lower"], out["cal_median"], out["cal_upper"] = q[:, 0], q[:, 1], q[:, 2]
+    return out
+
+
 def predict_samples(
     config: SocmapConfig,
     run: str | Path,
@@ -91,7 +124,13 @@ def predict_samples(
     members = load_members(run, expected_bands=data.bands)
     members[0].require_inputs().check_windows(data.windows.shape, str(run))
     table = data.samples[["sample_id", "lon", "lat", "time", "target"]].rename(columns={"target": "observed"})
-    for key, values in predict_table(members, np.asarray(data.windows), data.xy).items():
+    windows = np.asarray(data.windows)
+    for key, values in predict_table(members, windows, data.xy).items():
+        table[key] = values
+    found = load_run_uncertainty(run)
+    for key, values in calibrated_columns(
+        found, members, windows, table["predicted"].to_numpy(), data.xy
+    ).items():
         table[key] = values
     if len(table) == 0:
         raise InputError(f"no samples of {config.resolve(config.samples.path)} were kept; nothing to predict")
@@ -101,9 +140,20 @@ def predict_samples(
     intervals = (
         interval_metrics(table["observed"], table["q05"], table["q95"], 0.9) if "q05" in table else None
     )
+    calibrated = (
+        interval_metrics(table["observed"], table["cal_lower"], table["cal_upper"], found.calibration.nominal)
+        if found.calibration is not None
+        else None
+    )
     metrics_file = out.with_suffix(".metrics.json")
     write_json(
         metrics_file,
-        {"n_models": len(members), "metrics": metrics, "intervals": intervals, "drops": data.meta.drops},
+        {
+            "n_models": len(members),
+            "metrics": metrics,
+            "intervals": intervals,
+            "calibrated_intervals": calibrated,
+            "drops": data.meta.drops,
+        },
     )
     return PredictResult(out, metrics_file, len(table), len(members), metrics, intervals, data.meta.drops)

@@ -37,7 +37,9 @@ SECTIONS = (
     "Observed vs predicted",
     "Metrics",
     "Model comparison",
+    "Prediction intervals",
     "Map",
+    "Where this map can be trusted",
     "Configuration",
 )
 
@@ -359,6 +361,74 @@ def _comparison_section(cv: Path) -> str:
         body += f"<p>{html.escape(text)}.</p>"
     if (cv / "comparison.png").is_file():
         body += _img_file(cv / "comparison.png")
+    if (cv / "intervals.csv").is_file():
+        table = pd.read_csv(cv / "intervals.csv")
+        body += (
+            "<p>Calibrated (conformal) prediction intervals of every model, out of fold: each fold calibrated "
+            "on the other folds only. PICP should equal the nominal coverage.</p>"
+            + _table(table.drop(columns=["n"], errors="ignore"), "{:.3f}")
+        )
+    if (cv / "calibration.png").is_file():
+        body += _img_file(cv / "calibration.png")
+    return body
+
+
+def _calibration(run: RunFolder) -> dict[str, Any] | None:
+    path = run.path / "calibration.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _intervals_section(ctx: _Context) -> str:
+    """How the map's interval was calibrated, and its coverage on the held-out test set."""
+    state = _calibration(ctx.run)
+    if state is None:
+        return (
+            "<p>No interval calibration in this run (uncertainty.calibration_folds 0, or an older run): the "
+            "map's interval bands are the models' own quantiles or nodata.</p>"
+        )
+    from socmap.uncertainty import Calibration
+
+    calib = Calibration.from_json(state)
+    body = f"<p>{html.escape(calib.describe())}. Nominal coverage of the mapped interval: {calib.nominal:.0%}.</p>"
+    test = {k: v for k, v in state.get("test", {}).items() if k != "aoa"}
+    if test:
+        rows = [{"nominal": float(k), **v} for k, v in test.items()]
+        body += (
+            f"<p>The calibrated intervals of the runs' mean on the held-out test set ({state.get('n_test')} "
+            "samples, never used for calibration):</p>" + _table(pd.DataFrame(rows), "{:.3f}")
+        )
+    return body
+
+
+def _trust_section(ctx: _Context, map_path: Path | None) -> str:
+    """Where this map can be trusted: the area of applicability, its share of the map, errors in and out."""
+    from socmap.uncertainty.aoa import AreaOfApplicability
+
+    aoa = AreaOfApplicability.load(ctx.run.path)
+    if aoa is None:
+        return "<p>No area of applicability in this run (uncertainty.aoa false or no calibration).</p>"
+    body = (
+        f"<p>{html.escape(aoa.describe())}. Pixels whose covariates are less like the training samples than "
+        "that are outside the area of applicability (AOA): there the cross-validated error and the intervals "
+        "do not apply (Meyer &amp; Pebesma 2021).</p>"
+    )
+    state = _calibration(ctx.run) or {}
+    inout = state.get("test", {}).get("aoa")
+    if inout:
+        body += (
+            f"<p>Held-out test samples inside the AOA: {inout['share_inside']:.0%}; RMSE inside "
+            f"{inout['rmse_inside']:.3g}, outside {inout['rmse_outside']:.3g} {html.escape(ctx.unit)}.</p>"
+        )
+    if map_path is not None and map_path.is_file():
+        import rasterio
+
+        with rasterio.open(map_path) as src:
+            share = src.tags().get("aoa_share_inside")
+        if share is not None:
+            body += f"<p><b>{float(share):.1%} of the mapped region lies inside the AOA.</b></p>"
+        png = map_path.with_name(map_path.stem + "_aoa.png")
+        if png.is_file():
+            body += _img_file(png)
     return body
 
 
@@ -404,7 +474,9 @@ def build_report(
         _scatter_section(ctx),
         _metrics_section(ctx),
         _comparison_section(cv),
+        _intervals_section(ctx),
         _map_section(ctx, Path(map_path) if map_path is not None else None),
+        _trust_section(ctx, Path(map_path) if map_path is not None else None),
         f"<pre>{html.escape(ctx.run.config_file.read_text())}</pre>",
     )
     parts = [

@@ -46,6 +46,7 @@ from socmap.runfolder import (
 from socmap.sampling import BalancedSampler, balance_report
 from socmap.split import holdout_splitter, split_report
 from socmap.synth import known_r2_ceiling
+from socmap.uncertainty.runcal import CALIBRATION_FILE, CALIBRATION_OOF_FILE, calibrate_run, score_test
 from socmap.windows import PreparedData, prepare
 
 __all__ = [
@@ -441,6 +442,7 @@ def train(
     runs = _fit_runs(config, data, folder, plans, on_epoch)
     best, selection = select_run([r.metrics for r in runs])
     save_model(load_model(runs[best].folder), folder.path)
+    _calibrate(config, data, folder, plans[best], runs)
     test_rows = plans[best].test
     ceiling = (
         known_r2_ceiling(config.resolve(config.samples.path), data.samples, test_rows)
@@ -468,6 +470,23 @@ def train(
     _scatter(folder.scatter_file, runs[best], summary, config)
     folder.save_summary(summary)  # written last: its presence marks a finished run folder
     return TrainResult(folder.path, runs, best, summary)
+
+
+def _calibrate(
+    config: SocmapConfig, data: PreparedData, folder: RunFolder, plan: SplitPlan, runs: list[RunResult]
+) -> None:
+    """Calibrate the runs' mean prediction and fit the area of applicability on the training rows
+    (``uncertainty.calibration_folds`` >= 2; :mod:`socmap.uncertainty.runcal`), then score the calibrated
+    intervals on the held-out test set. Without calibration, stale files of an earlier run are removed."""
+    from socmap.uncertainty.aoa import AOA_FILE, AOA_TRAIN_FILE
+
+    if config.uncertainty.calibration_folds < 2:
+        for name in (CALIBRATION_FILE, CALIBRATION_OOF_FILE, AOA_FILE, AOA_TRAIN_FILE):
+            (folder.path / name).unlink(missing_ok=True)
+        return
+    found = calibrate_run(config, data, plan.train, folder.path)
+    members = [load_model(r.folder) for r in runs]
+    score_test(found, members, data, plan.test, folder.path, config.uncertainty.coverages)
 
 
 def _scatter(path: Path, run: RunResult, summary: RunSummary, config: SocmapConfig) -> None:

@@ -21,6 +21,15 @@ from socmap._atomic import atomic_file, check_output_dir, write_json, write_text
 from socmap.config import SocmapConfig, dump_config
 from socmap.errors import InputError, OutputError
 from socmap.evaluate.folds import Fold, FoldDesign, folds_table, make_folds
+from socmap.evaluate.intervals import (
+    CURVE,
+    add_dissimilarity,
+    add_intervals,
+    aoa_errors,
+    interval_markdown,
+    interval_table,
+    plot_calibration,
+)
 from socmap.evaluate.tables import fold_metrics, markdown_report, plot_comparison, summarize
 from socmap.models import FitData, FitInfo, available_models, create_model, predict_located, read_rows
 from socmap.models.checks import degenerate_warning
@@ -54,6 +63,12 @@ class CVResult:
         markdown: ``metrics.md``.
         r2_ceiling: the known R² ceiling of the tested samples (synthetic data), else None.
         seconds: wall time per model kind, summed over folds (fit and predict).
+        intervals: ``intervals.csv``: pooled PICP, width and interval score of every model's calibrated
+            intervals at each of ``uncertainty.coverages``.
+        calibration_curve: the same over the nominal coverages 0.05..0.95 (``calibration.png``).
+        aoa_errors: ``aoa_errors.csv`` (OOF error inside / outside the area of applicability), or None.
+        aoa_threshold: the AOA threshold of the cross-validated DI, or None (``uncertainty.aoa`` false).
+        warnings: degenerate-model and under-training warnings of the fits, "kind, fold k: ...".
     """
 
     out: Path
@@ -67,6 +82,10 @@ class CVResult:
     markdown: str
     r2_ceiling: float | None
     seconds: dict[str, float]
+    intervals: pd.DataFrame | None = None
+    calibration_curve: pd.DataFrame | None = None
+    aoa_errors: pd.DataFrame | None = None
+    aoa_threshold: float | None = None
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -216,10 +235,43 @@ def _score_models(
     return _Scores(predictions, pd.DataFrame(rows), interval_models, seconds, warnings)
 
 
+@dataclass
+class _Uncertainty:
+    intervals: pd.DataFrame
+    curve: pd.DataFrame
+    aoa_errors: pd.DataFrame | None
+    threshold: float | None
+    markdown: str
+
+
+def _uncertainty(
+    config: SocmapConfig, data: PreparedData, folds: list[Fold], scores: _Scores, say: Progress
+) -> _Uncertainty:
+    """Cross-validated DI (``uncertainty.aoa``) and calibrated intervals of every model's OOF predictions;
+    adds ``di``, ``in_aoa`` and ``pi<coverage>_lower/upper`` columns to the predictions."""
+    unc = config.uncertainty
+    predictions = scores.predictions
+    threshold = None
+    if unc.aoa:
+        say("area of applicability: cross-validated dissimilarity index")
+        threshold = add_dissimilarity(config, data, folds, predictions)
+    coverages = sorted({*unc.coverages, unc.nominal})
+    say("calibrating prediction intervals (conformal, out of fold)")
+    add_intervals(predictions, coverages, scores.interval_models, unc.adaptive)
+    keep = [c for c in ("model", "fold", "observed", "predicted", "q05", "q95", "di") if c in predictions]
+    curve_rows = predictions[keep].copy()
+    add_intervals(curve_rows, CURVE, scores.interval_models, unc.adaptive)
+    table = interval_table(predictions, coverages)
+    errors = aoa_errors(predictions) if threshold is not None else None
+    markdown = "\n" + interval_markdown(table, coverages, unc.nominal, errors, threshold)
+    return _Uncertainty(table, interval_table(curve_rows, CURVE), errors, threshold, markdown)
+
+
 def _notes(data: PreparedData, n_tested: int, ceiling: float | None) -> list[str]:
     notes = [
         f"{len(data.samples)} samples; {n_tested} tested at least once; target unit "
-        f"{data.meta.target.unit}. R² = 1 - SSE/SST. Intervals: Q05-Q95 (nominal 90%).",
+        f'{data.meta.target.unit}. R² = 1 - SSE/SST. "own" intervals: the model\'s own Q05-Q95 (nominal 90%); '
+        "calibrated (conformal) intervals below.",
     ]
     if ceiling is not None:
         notes.append(f"Known R² ceiling of the tested samples (noise-free truth, pooled): {ceiling:.3f}.")
@@ -242,6 +294,12 @@ def _cv_json(config: SocmapConfig, result: CVResult, n_samples: int, n_tested: i
         "n_samples": n_samples,
         "n_tested": n_tested,
         "r2_ceiling": result.r2_ceiling,
+        "uncertainty": {
+            "method": "cross-conformal: each fold's intervals calibrated on the other folds' out-of-fold "
+            "residuals (normalised split-conformal, crepes)",
+            **config.uncertainty.model_dump(),
+            "aoa_threshold": result.aoa_threshold,
+        },
         "warnings": result.warnings,
     }
 
@@ -256,6 +314,14 @@ def _write_outputs(config: SocmapConfig, data: PreparedData, result: CVResult, n
     write_text(out / "metrics.md", result.markdown)
     title = result.markdown.splitlines()[0].removeprefix("# ")
     plot_comparison(result.per_fold, result.summary, out / "comparison.png", title)
+    if result.intervals is not None:
+        with atomic_file(out / "intervals.csv") as tmp:
+            result.intervals.to_csv(tmp, index=False)
+    if result.calibration_curve is not None:
+        plot_calibration(result.calibration_curve, out / "calibration.png", f"{title}: interval calibration")
+    if result.aoa_errors is not None:
+        with atomic_file(out / "aoa_errors.csv") as tmp:
+            result.aoa_errors.to_csv(tmp, index=False)
     write_json(out / "cv.json", _cv_json(config, result, len(data.samples), n_tested))
     with atomic_file(out / SUMMARY_FILE) as tmp:  # written last: marks a finished cross-validation
         result.summary.to_csv(tmp, index=False)
@@ -306,6 +372,7 @@ def cross_validate(
 
         torch.set_num_threads(config.train.threads)
     scores = _score_models(config, data, kinds, folds, out, say, on_fold)
+    uncertain = _uncertainty(config, data, folds, scores, say)
     summary = summarize(scores.per_fold, scores.predictions, set(scores.interval_models))
     tested = np.unique(np.concatenate([test for _, test in folds]))
     ceiling = known_r2_ceiling(config.resolve(config.samples.path), data.samples, tested)
@@ -319,9 +386,14 @@ def cross_validate(
         predictions=scores.predictions,
         per_fold=scores.per_fold,
         summary=summary,
-        markdown=markdown_report(summary, title, _notes(data, int(tested.size), ceiling)),
+        markdown=markdown_report(summary, title, _notes(data, int(tested.size), ceiling))
+        + uncertain.markdown,
         r2_ceiling=ceiling,
         seconds=scores.seconds,
+        intervals=uncertain.intervals,
+        calibration_curve=uncertain.curve,
+        aoa_errors=uncertain.aoa_errors,
+        aoa_threshold=uncertain.threshold,
         warnings=scores.warnings,
     )
     _write_outputs(config, data, result, int(tested.size))

@@ -36,9 +36,9 @@ LABELS = {
     "me": "ME",
     "rpiq": "RPIQ",
     "ccc": "CCC",
-    "picp": "PICP (90%)",
-    "interval_width": "interval width",
-    "interval_score": "interval score",
+    "picp": "own PICP (90%)",
+    "interval_width": "own interval width",
+    "interval_score": "own interval score",
 }
 
 

@@ -14,12 +14,14 @@
 - :mod:`~socmap.mapping.schedulers`: blocks run in a loop in this process, as Dask tasks on threads or
   processes, or on a dask.distributed cluster; each torch op and tree predict runs on one thread, so a map
   is bit-identical whichever scheduler computed its blocks; memory is bounded by block and batch size.
-- :mod:`~socmap.mapping.uncertainty`: band 1 = mean of the members' point predictions; bands 2-4 (Q05, Q95,
-  std) from the members' own intervals (``model_intervals``), their spread (``ensemble_spread``) or nodata
-  (``none``).
+- :mod:`~socmap.mapping.uncertainty`: eight bands named like SoilGrids products: ``mean``, ``Q0.05``,
+  ``Q0.5``, ``Q0.95`` (the calibrated prediction interval, ``conformal``; else the models' own, uncalibrated,
+  ``model_intervals``; else nodata), ``PI90_width``, ``model_spread_sd`` (the spread between runs/models, not
+  an interval), ``DI`` and ``AOA`` (the area of applicability, :mod:`socmap.uncertainty.aoa`).
 - :mod:`~socmap.mapping.cog` and :mod:`~socmap.mapping.previews`: the assembled COG (float32, nodata -9999,
-  DEFLATE, average overviews, descriptions and tags saying how each band was made) and two PNG previews
-  (colour scale: the 2nd-98th percentile of the mapped values; titles name the target and its unit).
+  DEFLATE, average overviews, descriptions and tags saying how each band was made; tag ``aoa_share_inside``)
+  and PNG previews: prediction, interval width and the AOA (colour scale: the 2nd-98th percentile of the
+  mapped values; titles name the target and its unit).
 """
 
 from __future__ import annotations
@@ -32,16 +34,18 @@ from typing import TYPE_CHECKING
 
 from socmap.config import MapConfig
 from socmap.mapping.blocks import compute_block, predict_members, read_inputs, run_block, valid_pixels
-from socmap.mapping.cog import LUCAS_DEPTH, NODATA, depth_tag, map_tags, write_outputs
+from socmap.mapping.cog import LUCAS_DEPTH, NODATA, depth_tag, map_band_names, map_tags, write_outputs
 from socmap.mapping.members import cached_member, load_members
 from socmap.mapping.plan import Block, MapJob, MapPlan, open_blocks_dir, parse_bbox, plan_map, png_paths
-from socmap.mapping.previews import ColorLimits, color_limits, render_previews
+from socmap.mapping.previews import ColorLimits, aoa_png_path, color_limits, render_previews
 from socmap.mapping.schedulers import PixelProgress, ProgressCallback, run_blocks
 from socmap.mapping.uncertainty import (
     BAND_NAMES,
     LEVELS,
     METHODS,
+    N_BANDS,
     band_descriptions,
+    band_names,
     combine,
     model_kinds,
     uncertainty_method,
@@ -56,13 +60,16 @@ __all__ = [
     "LUCAS_DEPTH",
     "METHODS",
     "NODATA",
+    "N_BANDS",
     "Block",
     "ColorLimits",
     "MapJob",
     "MapPlan",
     "MapResult",
     "ProgressCallback",
+    "aoa_png_path",
     "band_descriptions",
+    "band_names",
     "cached_member",
     "color_limits",
     "combine",
@@ -100,12 +107,15 @@ class MapResult:
         n_blocks: blocks with region pixels.
         n_blocks_resumed: of those, blocks kept from an interrupted map.
         seconds: wall time of the call.
-        method: the uncertainty method (``model_intervals``, ``ensemble_spread`` or ``none``).
+        method: the interval method (``conformal``, ``model_intervals`` or ``none``).
         model_ids: every member's id.
         model_kinds: the members' kinds (e.g. ``qrf`` or ``ensemble of rf+linear``).
         warnings: notes for the user (e.g. another resolution than in training).
         region: what was mapped: the region file, or ``covariate grid footprint (no map.region /
             filters.region set)``.
+        aoa_png: the AOA preview (None: the run has no area of applicability).
+        aoa_share: the share of mapped pixels inside the area of applicability (None: no AOA).
+        bands: the COG's band names.
     """
 
     out: Path
@@ -124,6 +134,9 @@ class MapResult:
     model_kinds: str
     warnings: list[str]
     region: str = ""
+    aoa_png: Path | None = None
+    aoa_share: float | None = None
+    bands: tuple[str, ...] = ()
 
 
 def map_soc(
@@ -168,6 +181,7 @@ def map_soc(
     n_mapped = write_outputs(plan, limits)
     shutil.rmtree(plan.blocks_dir, ignore_errors=True)
     png, uncertainty_png = png_paths(plan.out)
+    aoa_share = _aoa_share(plan.out)
     return MapResult(
         out=plan.out,
         png=png,
@@ -185,4 +199,16 @@ def map_soc(
         model_kinds=model_kinds(plan.members),
         warnings=plan.warnings,
         region=plan.region_name,
+        aoa_png=aoa_png_path(plan.out) if aoa_share is not None else None,
+        aoa_share=aoa_share,
+        bands=map_band_names(plan),
     )
+
+
+def _aoa_share(cog: Path) -> float | None:
+    """The COG's ``aoa_share_inside`` tag (None without an AOA)."""
+    import rasterio
+
+    with rasterio.open(cog) as src:
+        value = src.tags().get("aoa_share_inside")
+    return float(value) if value is not None else None

@@ -29,11 +29,12 @@ from rasterio.transform import Affine
 from socmap._atomic import atomic_file
 from socmap.coordinates import coordinate_values
 from socmap.data import RasterStack, read_block
-from socmap.mapping.members import cached_member
+from socmap.mapping.members import cached_member, cached_uncertainty
 from socmap.mapping.plan import Block, MapJob, region_mask
-from socmap.mapping.uncertainty import LEVELS, MODEL_INTERVALS, combine
+from socmap.mapping.uncertainty import LEVELS, N_BANDS, asks_quantiles, combine
 from socmap.models import SocModel, predict_located
 from socmap.models.base import FloatArray
+from socmap.uncertainty.runcal import RunUncertainty
 from socmap.windows import window_offsets
 
 __all__ = [
@@ -117,24 +118,27 @@ def predict_members(
     method: str,
     batch_size: int,
     xy: FloatArray | None = None,
+    found: RunUncertainty | None = None,
 ) -> FloatArray:
-    """[4, N] float64 bands (mean, Q05, Q95, std) of raw windows [N, C, H, W, T].
+    """[8, N] float64 bands (:data:`socmap.mapping.uncertainty.BAND_NAMES`) of raw windows [N, C, H, W, T].
 
     Args:
         members: the models.
         windows: raw windows (NaN = nodata).
-        method: the uncertainty method (quantiles are asked only for ``model_intervals``).
+        method: the uncertainty method (quantiles are asked only when the bands need them).
         batch_size: windows per model call.
         xy: [N, 2] pixel-centre x/y in the grid CRS (passed to models that use locations, e.g. kriging).
+        found: the run's calibration and AOA (None: none).
     """
     points: list[FloatArray] = []
     quantiles: list[FloatArray | None] = []
+    ask = asks_quantiles(method, found)
     for m in members:
-        levels = LEVELS if method == MODEL_INTERVALS else None
-        point, q = predict_located(m, windows, xy, levels, batch_size)
+        point, q = predict_located(m, windows, xy, LEVELS if ask else None, batch_size)
         points.append(np.asarray(point, np.float64))
         quantiles.append(q)
-    return combine(points, quantiles, method)
+    di = found.aoa.di(windows) if found is not None and found.aoa is not None else None
+    return combine(points, quantiles, method, found, di)
 
 
 def _cut_windows(
@@ -158,7 +162,7 @@ def compute_block(
     members: Sequence[SocModel] | None = None,
     on_pixels: PixelCallback | None = None,
 ) -> NDArray[np.float32]:
-    """[4, rows, cols] float32 (NaN = nodata) for one block; ``on_pixels`` gets each batch's pixel count.
+    """[8, rows, cols] float32 (NaN = nodata) for one block; ``on_pixels`` gets each batch's pixel count.
 
     Args:
         job: the map's job.
@@ -168,7 +172,8 @@ def compute_block(
     """
     members = members if members is not None else job_members(job)
     h, w = block.shape
-    result = np.full((4, h, w), np.nan, dtype=np.float32)
+    result = np.full((N_BANDS, h, w), np.nan, dtype=np.float32)
+    found = cached_uncertainty(job.run_dir) if job.run_dir else None
     mask = region_mask(job.region, job.stack.grid.transform, block.row0, block.row1, block.col0, block.col1)
     if not mask.any():
         return result
@@ -186,7 +191,7 @@ def compute_block(
         else None
     )
     views = sliding_window_view(data, (job.size, job.size), axis=(2, 3))  # [C, T, rows, cols, size, size]
-    values = np.empty((4, ri.size))
+    values = np.empty((N_BANDS, ri.size))
 
     def predict_batch(start: int) -> int:
         if torch.get_num_threads() != 1:  # a pool thread starts with OpenMP's default thread count
@@ -194,7 +199,7 @@ def compute_block(
         sel = slice(start, start + job.batch_size)
         windows = _cut_windows(views, ri, ci, sel)
         values[:, sel] = predict_members(
-            members, windows, job.method, job.batch_size, xy[sel] if xy is not None else None
+            members, windows, job.method, job.batch_size, xy[sel] if xy is not None else None, found
         )
         return windows.shape[0]
 
@@ -228,7 +233,7 @@ def save_block(path: Path, values: NDArray[np.float32]) -> None:
 
     Args:
         path: ``<blocks_dir>/<block.name>``.
-        values: the block's [4, rows, cols] result.
+        values: the block's [8, rows, cols] result.
     """
     with atomic_file(path) as tmp:
         np.save(tmp, values)

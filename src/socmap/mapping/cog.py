@@ -17,12 +17,13 @@ from rasterio.windows import Window
 from socmap import __version__
 from socmap._atomic import atomic_file
 from socmap.errors import OutputError
+from socmap.mapping.members import cached_uncertainty
 from socmap.mapping.plan import Block, MapPlan, png_paths
 from socmap.mapping.previews import ColorLimits, render_previews
-from socmap.mapping.uncertainty import BAND_NAMES, band_descriptions, model_kinds
+from socmap.mapping.uncertainty import N_BANDS, band_descriptions, band_names, model_kinds
 from socmap.models import TargetInfo
 
-__all__ = ["LUCAS_DEPTH", "NODATA", "depth_tag", "map_tags", "write_outputs"]
+__all__ = ["LUCAS_DEPTH", "NODATA", "depth_tag", "map_band_names", "map_tags", "write_outputs"]
 
 NODATA = -9999.0
 LUCAS_DEPTH = "0-20 cm (LUCAS topsoil)"
@@ -47,7 +48,7 @@ def map_tags(plan: MapPlan) -> dict[str, str]:
     """
     job, target = plan.job, plan.target
     labels = [lab for lab in job.labels if lab is not None]
-    descriptions = band_descriptions(job.method, plan.members, plan.unit, target.column)
+    descriptions = _descriptions(plan)
     return {
         "year": plan.year if plan.year is not None else STATIC_YEAR,
         "covariate_time_labels": ",".join(labels) or STATIC_YEAR,
@@ -58,7 +59,9 @@ def map_tags(plan: MapPlan) -> dict[str, str]:
         "n_models": str(len(plan.members)),
         "model_kinds": model_kinds(plan.members),
         "models": "; ".join(m.describe() for m in plan.members),
-        "method": f"{job.method}: " + "; ".join(descriptions[1:]),
+        "method": f"{job.method}: " + "; ".join(descriptions[1:5]),
+        "spread": descriptions[5],
+        "aoa": descriptions[7],
         "window": f"{job.size}x{job.size} px x {job.steps} steps",
         "region": plan.region_name,
         "nodata_policy": (
@@ -72,6 +75,22 @@ def map_tags(plan: MapPlan) -> dict[str, str]:
     }
 
 
+def _descriptions(plan: MapPlan) -> tuple[str, ...]:
+    found = cached_uncertainty(plan.job.run_dir) if plan.job.run_dir else None
+    return band_descriptions(plan.job.method, plan.members, plan.unit, plan.target.column, found)
+
+
+def map_band_names(plan: MapPlan) -> tuple[str, ...]:
+    """The COG's band names (the interval's from the calibration's nominal coverage).
+
+    Args:
+        plan: the map's plan.
+    """
+    found = cached_uncertainty(plan.job.run_dir) if plan.job.run_dir else None
+    calib = found.calibration if found is not None and plan.job.method == "conformal" else None
+    return band_names(calib.nominal if calib is not None else 0.9)
+
+
 def cog_blocksize(width: int, height: int) -> int:
     """Tiles small enough that even a small map gets overviews (GDAL adds levels down to one tile).
 
@@ -83,13 +102,13 @@ def cog_blocksize(width: int, height: int) -> int:
 
 
 def _block_values(plan: MapPlan, block: Block) -> NDArray[np.float32]:
-    """A finished block's [4, rows, cols] (NaN = nodata); all NaN for a block off the region."""
+    """A finished block's [8, rows, cols] (NaN = nodata); all NaN for a block off the region."""
     h, w = block.shape
     if not block.n_region:
-        return np.full((4, h, w), np.nan, dtype=np.float32)
+        return np.full((N_BANDS, h, w), np.nan, dtype=np.float32)
     path = plan.blocks_dir / block.name
     values = np.load(path)
-    if values.shape != (4, h, w):
+    if values.shape != (N_BANDS, h, w):
         raise OutputError(f"block file {path} has shape {values.shape}; map again with overwrite=True")
     return np.asarray(values, dtype=np.float32)
 
@@ -104,7 +123,7 @@ def assemble(plan: MapPlan, path: Path) -> int:
     profile: dict[str, Any] = {
         "driver": "GTiff",
         "dtype": "float32",
-        "count": 4,
+        "count": N_BANDS,
         "width": plan.width,
         "height": plan.height,
         "crs": plan.job.stack.grid.crs,
@@ -115,21 +134,25 @@ def assemble(plan: MapPlan, path: Path) -> int:
         "blockysize": 256,
         "BIGTIFF": "IF_SAFER",
     }
-    n_mapped = 0
-    descriptions = band_descriptions(plan.job.method, plan.members, plan.unit, plan.target.column)
+    n_mapped, n_aoa, n_inside = 0, 0, 0
+    descriptions = _descriptions(plan)
     with rasterio.open(path, "w", **profile) as dst:
         for block in plan.blocks:
             values = _block_values(plan, block)
             n_mapped += int(np.isfinite(values[0]).sum())
+            n_aoa += int(np.isfinite(values[7]).sum())
+            n_inside += int((values[7] == 1).sum())
             h, w = block.shape
             window = Window(block.col0 - plan.col_off, block.row0 - plan.row_off, w, h)
             dst.write(
                 np.where(np.isnan(values), np.float32(NODATA), values).astype(np.float32), window=window
             )
         dst.descriptions = descriptions
-        dst.units = (plan.unit,) * 4
+        dst.units = (plan.unit,) * 6 + ("1", "1")
         dst.update_tags(**map_tags(plan))
-        for i, (name, text) in enumerate(zip(BAND_NAMES, descriptions, strict=True), start=1):
+        if n_aoa:
+            dst.update_tags(aoa_share_inside=f"{n_inside / n_aoa:.6f}")
+        for i, (name, text) in enumerate(zip(map_band_names(plan), descriptions, strict=True), start=1):
             dst.update_tags(i, name=name, method=text)
     return n_mapped
 

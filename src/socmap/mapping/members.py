@@ -17,8 +17,17 @@ from typing import Any
 from socmap.errors import InputError
 from socmap.models import MODEL_FILE, SocModel, load_model
 from socmap.runfolder import RunFolder
+from socmap.uncertainty.aoa import AOA_FILE
+from socmap.uncertainty.runcal import CALIBRATION_FILE, RunUncertainty, load_run_uncertainty
 
-__all__ = ["cached_member", "check_geometry", "clear_cache", "load_members", "model_stamp"]
+__all__ = [
+    "cached_member",
+    "cached_uncertainty",
+    "check_geometry",
+    "clear_cache",
+    "load_members",
+    "model_stamp",
+]
 
 CACHE_SIZE = 16
 
@@ -58,10 +67,37 @@ def cached_member(model_dir: str | Path, bands: Sequence[str]) -> SocModel:
     return found
 
 
+_UNCERTAINTY: dict[tuple[Any, ...], RunUncertainty] = {}
+
+
+def _stamp(path: Path) -> tuple[Any, ...]:
+    return (str(path.resolve()), *((path.stat().st_size, path.stat().st_mtime_ns) if path.is_file() else ()))
+
+
+def cached_uncertainty(run_dir: str | Path) -> RunUncertainty:
+    """The run folder's calibration and AOA, loaded once per process and file version.
+
+    Args:
+        run_dir: a run folder (or a bare model folder: usually neither file).
+    """
+    folder = Path(run_dir)
+    key = (_stamp(folder / CALIBRATION_FILE), _stamp(folder / AOA_FILE))
+    with _MEMBERS_LOCK:
+        found = _UNCERTAINTY.get(key)
+    if found is None:
+        found = load_run_uncertainty(folder)
+        with _MEMBERS_LOCK:
+            if len(_UNCERTAINTY) >= CACHE_SIZE:
+                _UNCERTAINTY.clear()
+            _UNCERTAINTY[key] = found
+    return found
+
+
 def clear_cache() -> None:
-    """Forget every cached member of this process."""
+    """Forget every cached member (and run calibration) of this process."""
     with _MEMBERS_LOCK:
         _MEMBERS.clear()
+        _UNCERTAINTY.clear()
 
 
 def load_members(run_dir: str | Path, bands: Sequence[str]) -> tuple[list[Path], list[SocModel]]:

@@ -30,7 +30,7 @@ from socmap._atomic import write_json
 from socmap.config import MapConfig, SocmapConfig
 from socmap.data import RasterStack, discover_stack
 from socmap.errors import InputError, OutputError
-from socmap.mapping.members import check_geometry, load_members, model_stamp
+from socmap.mapping.members import cached_uncertainty, check_geometry, load_members, model_stamp
 from socmap.mapping.uncertainty import uncertainty_method
 from socmap.models import SocModel, TargetInfo
 from socmap.region import (
@@ -44,6 +44,8 @@ from socmap.region import (
     to_lonlat,
 )
 from socmap.runfolder import RunFolder
+from socmap.uncertainty.aoa import AOA_FILE
+from socmap.uncertainty.runcal import CALIBRATION_FILE
 
 __all__ = [
     "Block",
@@ -102,6 +104,7 @@ class MapJob:
     blocks_dir: str
     batch_size: int
     batch_threads: int = 1
+    run_dir: str = ""  # the calibration's and AOA's folder (empty: none)
 
 
 @dataclass
@@ -372,6 +375,11 @@ def map_region(
     return to_crs(load_region(source.path), stack.grid.crs), source
 
 
+def _digest(path: Path) -> str | None:
+    """SHA-256 of a file, None when it is absent."""
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
 def _manifest(
     folder: RunFolder,
     dirs: list[Path],
@@ -395,6 +403,7 @@ def _manifest(
         "region": hashlib.sha256(shapely.to_wkb(region)).hexdigest(),
         "min_valid_fraction": min_valid_fraction,
         "method": method,
+        "uncertainty": [_digest(folder.path / name) for name in (CALIBRATION_FILE, AOA_FILE)],
     }
 
 
@@ -426,7 +435,8 @@ def plan_map(options: MapConfig, run_dir: str | Path, out: str | Path) -> MapPla
             f"no pixel centre of the region {source.label}{' inside map.bbox' if bbox else ''} lies on the "
             f"covariate grid ({grid_bounds_text(stack.grid)})"
         )
-    method = uncertainty_method(members)
+    found = cached_uncertainty(folder.path)
+    method = uncertainty_method(members, found)
     min_valid = config.filters.min_valid_fraction
     manifest = _manifest(folder, dirs, options, stack, window, region, method, min_valid)
     job = MapJob(
@@ -441,6 +451,7 @@ def plan_map(options: MapConfig, run_dir: str | Path, out: str | Path) -> MapPla
         method=method,
         blocks_dir=str(out.with_name(out.name + ".blocks")),
         batch_size=options.batch_size,
+        run_dir=str(folder.path),
     )
     row0, row1, col0, col1 = window
     return MapPlan(

@@ -1,4 +1,5 @@
-"""PNG previews of a map: the prediction and its uncertainty (Q95-Q05 width), both with the region outline,
+"""PNG previews of a map: the prediction, its uncertainty (the prediction interval's width) and, when the run
+has an area of applicability, the AOA mask (``<stem>_aoa.png``), all with the region outline,
 read from the COG's overviews at most ``PNG_MAX_PIXELS`` wide. Colour scales follow the data: the prediction's
 spans the 2nd to 98th percentile of the mapped values (:func:`color_limits`), titles and labels name the target
 and its unit (``pH 2020 (pH)``, ``OC (g/kg)``)."""
@@ -17,12 +18,20 @@ from rasterio.enums import Resampling
 from shapely.geometry.base import BaseGeometry
 
 from socmap._atomic import atomic_file
-from socmap.mapping.uncertainty import MODEL_INTERVALS, NO_UNCERTAINTY
+from socmap.mapping.uncertainty import CONFORMAL, MODEL_INTERVALS, NO_UNCERTAINTY
 
 if TYPE_CHECKING:
     from socmap.mapping.plan import MapPlan
 
-__all__ = ["PNG_MAX_PIXELS", "PNG_PERCENTILES", "ColorLimits", "color_limits", "map_title", "render_previews"]
+__all__ = [
+    "PNG_MAX_PIXELS",
+    "PNG_PERCENTILES",
+    "ColorLimits",
+    "aoa_png_path",
+    "color_limits",
+    "map_title",
+    "render_previews",
+]
 
 PNG_MAX_PIXELS = 1600
 PNG_PERCENTILES = (2.0, 98.0)  # the prediction's colour scale: robust to a few extreme pixels
@@ -44,6 +53,15 @@ def color_limits(values: ArrayLike, percentiles: tuple[float, float] = PNG_PERCE
     if hi - lo <= 1e-12 * max(1.0, abs(hi)):
         return (lo - 0.5, hi + 0.5)
     return (lo, hi)
+
+
+def aoa_png_path(out: Path) -> Path:
+    """The AOA preview beside the COG (``soc_2023_aoa.png``).
+
+    Args:
+        out: the COG's path.
+    """
+    return out.with_name(out.stem + "_aoa.png")
 
 
 def map_title(target: str, year: str | None, unit: str) -> str:
@@ -113,7 +131,8 @@ def _figure(
 def render_previews(
     cog: Path, plan: MapPlan, png: Path, uncertainty_png: Path, limits: ColorLimits | None = None
 ) -> None:
-    """PNG of the prediction (colour scale from the data) and of the uncertainty (Q95-Q05 width).
+    """PNG of the prediction (colour scale from the data), of the uncertainty (the interval width, band 5)
+    and, when band 8 (AOA) has data, of the area of applicability (``aoa_png_path``).
 
     Args:
         cog: the written COG (its overviews are read).
@@ -125,7 +144,7 @@ def render_previews(
     """
     with rasterio.open(cog) as src:
         scale = max(1, math.ceil(max(src.width, src.height) / PNG_MAX_PIXELS))
-        shape = (4, math.ceil(src.height / scale), math.ceil(src.width / scale))
+        shape = (src.count, math.ceil(src.height / scale), math.ceil(src.width / scale))
         data = src.read(out_shape=shape, masked=True, resampling=Resampling.average)  # from the overviews
         left, bottom, right, top = src.bounds
         frame = _Frame(left, bottom, right, top, src.crs.to_string(), plan.job.region)
@@ -136,20 +155,43 @@ def render_previews(
     limits = limits if limits is not None else color_limits(data[0])
     _figure(frame, data[0], f"{title}, {models}", f"{target} ({unit}{scale_note})", "viridis", limits, png)
     stem = f"{target} {plan.year or ''}".strip()
+    _aoa_preview(frame, data, f"{stem}, {models}", aoa_png_path(png.with_suffix(".tif")))
     if method == NO_UNCERTAINTY:
-        text = "no uncertainty: one point-prediction model\n(train.num_runs >= 2 or a model with intervals)"
+        text = (
+            "no prediction interval: the run holds no calibration\n"
+            "(train with uncertainty.calibration_folds >= 2) and its model gives no intervals"
+        )
         _figure(frame, None, f"{stem} uncertainty, {models}", text, "magma", (0.0, 1.0), uncertainty_png)
         return
-    width = data[2] - data[1]
+    width = data[4]
     finite = width.compressed()
     top_value = float(np.percentile(finite, 98)) if finite.size else 1.0
-    what = "model intervals" if method == MODEL_INTERVALS else "run spread"
+    what = {CONFORMAL: "calibrated", MODEL_INTERVALS: "models' own, uncalibrated"}.get(method, method)
     _figure(
         frame,
         width,
-        f"{stem} Q95 - Q05 width ({unit}, {what}), {models}",
-        f"Q95 - Q05 ({unit}; scale capped at its 98th percentile)",
+        f"{stem} prediction interval width ({unit}, {what}), {models}",
+        f"interval width ({unit}; scale capped at its 98th percentile)",
         "magma",
         (0.0, max(top_value, 1e-6)),
         uncertainty_png,
+    )
+
+
+def _aoa_preview(frame: _Frame, data: np.ma.MaskedArray[Any, Any], title: str, path: Path) -> None:
+    """The AOA mask (band 8) with the share of mapped pixels inside; nothing without an AOA."""
+    aoa = data[7]
+    values = aoa.compressed()
+    if values.size == 0:
+        path.unlink(missing_ok=True)
+        return
+    share = float(np.mean(values >= 0.5))
+    _figure(
+        frame,
+        aoa,
+        f"area of applicability: {share:.0%} of mapped pixels inside, {title}",
+        "share of pixels inside the AOA (1: inside, 0: outside)",
+        "RdYlGn",
+        (0.0, 1.0),
+        path,
     )
