@@ -25,7 +25,7 @@ from socmap.errors import InputError
 from socmap.losses import n_outputs_for, point_prediction
 from socmap.models.base import PREDICT_BATCH, FitData, FitInfo, FloatArray, InputSpec, SocModel, read_rows
 from socmap.models.checks import degenerate_warning
-from socmap.models.features import MAX_CATEGORIES, UnseenCategoryWarning
+from socmap.models.features import MAX_CATEGORIES, unseen_classes
 from socmap.models.networks import CategoricalInput, build_network, check_network_options, network_options
 from socmap.models.trainer import Tracking, fit_network, wandb_mode
 from socmap.normalize import Normalizer
@@ -320,19 +320,10 @@ class DeepModel(SocModel):
         _, _, h, w, t = chunk.shape
         out = np.zeros(chunk.shape[0], bool)
         names = self.require_inputs().bands
+        action = "mapped as nodata" if self.nodata_unseen else "no class channel set"
         for ch, codes in zip(cat["channels"], cat["codes"], strict=True):
             centre = chunk[:, ch, h // 2, w // 2, t - 1].double().numpy()
-            unseen = np.isfinite(centre) & ~np.isin(centre, codes)
-            if unseen.any():
-                what = ", ".join(f"{v:g}" for v in np.unique(centre[unseen])[:10])
-                action = "mapped as nodata" if self.nodata_unseen else "no class channel set"
-                warnings.warn(
-                    f"categorical band {names[ch]}: class code(s) {what} unseen in training at "
-                    f"{int(unseen.sum())} window(s): {action}",
-                    UnseenCategoryWarning,
-                    stacklevel=3,
-                )
-            out |= unseen
+            out |= unseen_classes(centre, codes, names[ch], action)
         return out if out.any() else None
 
     @property

@@ -19,7 +19,7 @@ from sklearn.impute import SimpleImputer
 
 from socmap.errors import InputError
 
-__all__ = ["UnseenCategoryWarning", "WindowFeatures"]
+__all__ = ["MAX_CATEGORIES", "UnseenCategoryWarning", "WindowFeatures", "unseen_classes"]
 
 CHUNK = 4096
 MAX_CATEGORIES = 64
@@ -30,6 +30,21 @@ class UnseenCategoryWarning(UserWarning):
 
 
 FloatArray = NDArray[np.float64]
+
+
+def unseen_classes(centre: FloatArray, codes: Sequence[float], band: str, action: str) -> NDArray[np.bool_]:
+    """Rows whose centre value is a class code of categorical ``band`` not among the training ``codes``
+    (nodata excluded); warns once with the band, the codes, the count and ``action`` (what is done with them)."""
+    unseen = np.isfinite(centre) & ~np.isin(centre, codes)
+    if unseen.any():
+        what = ", ".join(f"{v:g}" for v in np.unique(centre[unseen])[:10])
+        warnings.warn(
+            f"categorical band {band}: class code(s) {what} unseen in training at {int(unseen.sum())} "
+            f"window(s): {action}",
+            UnseenCategoryWarning,
+            stacklevel=3,
+        )
+    return unseen
 
 
 def _nanmean(x: FloatArray, axis: tuple[int, ...]) -> FloatArray:
@@ -131,19 +146,9 @@ class WindowFeatures(TransformerMixin, BaseEstimator):  # type: ignore[misc]
         n = int(np.shape(X)[0])
         out = np.zeros(n, bool)
         names = self._names(self._shape(X)[0])
+        action = "mapped as nodata" if self.nodata_unseen else "no class indicator set"
         for ch, codes in self.categories_.items():
-            centre = self._centres(X, ch)
-            unseen = np.isfinite(centre) & ~np.isin(centre, codes)
-            if unseen.any():
-                what = ", ".join(f"{v:g}" for v in np.unique(centre[unseen])[:10])
-                action = "mapped as nodata" if self.nodata_unseen else "no class indicator set"
-                warnings.warn(
-                    f"categorical band {names[ch]}: class code(s) {what} unseen in training at {int(unseen.sum())} "
-                    f"window(s): {action}",
-                    UnseenCategoryWarning,
-                    stacklevel=2,
-                )
-            out |= unseen
+            out |= unseen_classes(self._centres(X, ch), codes, names[ch], action)
         return out
 
     # ---------------------------------------------------------------- input handling
