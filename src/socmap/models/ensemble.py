@@ -10,6 +10,7 @@ Saved as ``model.json`` (members, weights, blend) plus one model folder per memb
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -137,20 +138,7 @@ class EnsembleModel(SocModel):
         for j, kind in enumerate(self.options.members):
             member = self._new(kind)
             workdir = data.workdir / f"member_{j}_{kind}" if data.workdir is not None else None
-            sub = FitData(
-                data.windows,
-                data.target,
-                data.train,
-                data.monitor,
-                data.inputs,
-                data.coords,
-                data.sigma,
-                data.seed,
-                workdir,
-                data.on_epoch,
-                data.stop_after_epoch,
-                xy=data.xy,
-            )
+            sub = dataclasses.replace(data, workdir=workdir)
             part = member.fit(sub)
             member.model_id = f"{self.model_id}-{kind}" if self.model_id else kind
             info.parameters += part.parameters

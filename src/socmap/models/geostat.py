@@ -20,6 +20,7 @@ Saved without pickle: variogram, location frame and residual points in ``model.j
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -299,20 +300,7 @@ class RegressionKrigingModel(_Kriged):
         self._fit_kriging(data, residuals)
         self.base = self._new_base()
         workdir = data.workdir / BASE_FOLDER if data.workdir is not None else None
-        sub = FitData(
-            data.windows,
-            data.target,
-            data.train,
-            data.monitor,
-            data.inputs,
-            data.coords,
-            data.sigma,
-            data.seed,
-            workdir,
-            data.on_epoch,
-            data.stop_after_epoch,
-            xy=data.xy,
-        )
+        sub = dataclasses.replace(data, workdir=workdir)
         info = self.base.fit(sub)
         self.base.model_id = f"{self.model_id}-base" if self.model_id else self.options.base
         info.parameters += 3
