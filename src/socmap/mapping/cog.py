@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 from rasterio.windows import Window
 
 from socmap import __version__
-from socmap._atomic import atomic_file
+from socmap._atomic import atomic_file, writing
 from socmap.errors import OutputError
 from socmap.mapping.members import cached_uncertainty
 from socmap.mapping.plan import Block, MapPlan, png_paths
@@ -113,6 +113,17 @@ def _block_values(plan: MapPlan, block: Block) -> NDArray[np.float32]:
     return np.asarray(values, dtype=np.float32)
 
 
+def mosaic_bytes(plan: MapPlan) -> int:
+    """Bytes of the uncompressed mosaic (``assembled.tif``) the COG is copied from: the largest write of a map."""
+    return N_BANDS * 4 * plan.width * plan.height
+
+
+def map_space_needed(plan: MapPlan, todo_pixels: int) -> int:
+    """Bytes a map still needs at its peak: its remaining blocks, the uncompressed mosaic and the COG (at
+    most as large as the mosaic; DEFLATE usually makes it much smaller)."""
+    return N_BANDS * 4 * todo_pixels + 2 * mosaic_bytes(plan)
+
+
 def assemble(plan: MapPlan, path: Path) -> int:
     """Write every block into a tiled GeoTIFF ``path`` (descriptions, units, tags); returns mapped pixels.
 
@@ -136,7 +147,7 @@ def assemble(plan: MapPlan, path: Path) -> int:
     }
     n_mapped, n_aoa, n_inside = 0, 0, 0
     descriptions = _descriptions(plan)
-    with rasterio.open(path, "w", **profile) as dst:
+    with writing(path, "map mosaic", need=mosaic_bytes(plan)), rasterio.open(path, "w", **profile) as dst:
         for block in plan.blocks:
             values = _block_values(plan, block)
             n_mapped += int(np.isfinite(values[0]).sum())
@@ -168,7 +179,7 @@ def write_outputs(plan: MapPlan, limits: ColorLimits | None = None) -> int:
     assembled = plan.blocks_dir / "assembled.tif"
     n_mapped = assemble(plan, assembled)
     png, uncertainty_png = png_paths(plan.out)
-    with atomic_file(plan.out) as tmp:
+    with atomic_file(plan.out, "map COG") as tmp:
         tmp.unlink()
         rasterio.shutil.copy(
             assembled,
