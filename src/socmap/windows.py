@@ -32,7 +32,15 @@ from socmap import __version__
 from socmap._atomic import atomic_dir, check_free_space, check_output_dir, write_json
 from socmap.config import SocmapConfig, dump_config
 from socmap.coordinates import coordinate_values
-from socmap.data import DROP_REASONS, GridSpec, RasterStack, discover_stack, load_samples, read_block
+from socmap.data import (
+    DROP_REASONS,
+    GridSpec,
+    RasterStack,
+    discover_stack,
+    load_samples,
+    mask_and_scale,
+    read_block,
+)
 from socmap.errors import InputError, OutputError
 from socmap.models.base import InputSpec, TargetInfo
 
@@ -190,9 +198,7 @@ def extract_windows_naive(
                     row, col = src.index(xs[i], ys[i])
                     win = rasterio.windows.Window(col - before, row - before, size, size)
                     bounded = win.intersection(rasterio.windows.Window(0, 0, src.width, src.height))
-                    data = src.read(1, window=bounded, out_dtype="float32")
-                    if nodata is not None and not np.isnan(nodata):
-                        data[data == np.float32(nodata)] = np.nan
+                    data = mask_and_scale(src, nodata, src.read(1, window=bounded, out_dtype="float32"))
                     r0, c0 = int(bounded.row_off - win.row_off), int(bounded.col_off - win.col_off)
                     out[i, ch, r0 : r0 + data.shape[0], c0 : c0 + data.shape[1], k] = data
     return out
@@ -488,8 +494,8 @@ def _reuse(
         return None
     if not overwrite:
         raise OutputError(
-            f"prepared folder {out} was made from another config or other input files (changed since it was "
-            "prepared); pass --overwrite to rebuild it"
+            f"prepared folder {out} was made from another config or other input files; "
+            "pass --overwrite to rebuild it"
         )
     return None
 
