@@ -254,3 +254,48 @@ def test_changed_inputs_are_not_reused(tiny_root: Path, tmp_path: Path) -> None:
         prepare(tiny_config(root), out)
     data, reused = prepare(tiny_config(root), out, overwrite=True)
     assert not reused and np.nanmax(data.windows[:, 0]) > 0
+
+
+# --------------------------------------------------------------------------------------------- odd rasters
+def _rewrite(path: Path, data: np.ndarray, dtype: str, nodata: float | None, **tags: float) -> None:
+    with rasterio.open(path) as src:
+        profile = src.profile | {"dtype": dtype, "nodata": nodata}
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data.astype(dtype), 1)
+        if tags:
+            dst.scales, dst.offsets = (tags["scale"],), (tags["offset"],)
+
+
+def test_odd_rasters_follow_the_nodata_policy(tiny_root: Path, tmp_path: Path) -> None:
+    """NaN as nodata, ±Inf values (nodata), an int16 raster with scale/offset tags (read in its unit) and a
+    band whose nodata value differs per year give the windows of the plain float32 rasters."""
+    root = tmp_path / "data"
+    shutil.copytree(tiny_root, root)
+    cov = root / "covariates"
+    with rasterio.open(cov / "static" / "Elevation.tif") as src:
+        elev = src.read(1)
+    elev[elev == tiny.NODATA] = np.nan
+    infinite = [(10, 5), (12, 8)]
+    elev[infinite[0]], elev[infinite[1]] = np.inf, -np.inf
+    _rewrite(cov / "static" / "Elevation.tif", elev, "float32", float("nan"))
+    with rasterio.open(cov / "yearly" / "NDVI" / "2019.tif") as src:
+        ndvi19 = src.read(1)
+    _rewrite(
+        cov / "yearly" / "NDVI" / "2019.tif", np.where(ndvi19 == tiny.NODATA, -1, ndvi19), "float32", -1.0
+    )
+    with rasterio.open(cov / "yearly" / "NDVI" / "2021.tif") as src:
+        ndvi21 = src.read(1).astype(np.float64)
+    counts = np.where(ndvi21 == tiny.NODATA, -32768, np.round((ndvi21 - 20) / 0.001))
+    _rewrite(cov / "yearly" / "NDVI" / "2021.tif", counts, "int16", -32768, scale=0.001, offset=20.0)
+
+    odd, _ = prepare(tiny_config(root), tmp_path / "odd")
+    plain, _ = prepare(tiny_config(tiny_root), tmp_path / "plain")
+    expected = np.array(plain.windows)
+    rows, cols = plain.samples["row"].to_numpy(), plain.samples["col"].to_numpy()
+    for r, c in infinite:  # the ±Inf pixels are nodata wherever a window holds them
+        for i in np.flatnonzero((abs(rows - r) <= 2) & (abs(cols - c) <= 2)):
+            expected[i, 0, r - rows[i] + 2, c - cols[i] + 2, :] = np.nan
+    assert len(odd.samples) == len(plain.samples)
+    assert np.isnan(expected[:, 0]).sum() > np.isnan(plain.windows[:, 0]).sum()  # the Inf pixels are sampled
+    np.testing.assert_allclose(np.asarray(odd.windows), expected, rtol=0, atol=1e-4)
+    assert not np.isinf(odd.windows).any()
