@@ -299,3 +299,26 @@ def test_odd_rasters_follow_the_nodata_policy(tiny_root: Path, tmp_path: Path) -
     assert np.isnan(expected[:, 0]).sum() > np.isnan(plain.windows[:, 0]).sum()  # the Inf pixels are sampled
     np.testing.assert_allclose(np.asarray(odd.windows), expected, rtol=0, atol=1e-4)
     assert not np.isinf(odd.windows).any()
+
+
+def test_gdal_write_errors_of_the_mosaic_and_cog_are_disk_faults(tmp_path: Path) -> None:
+    """GDAL reports a full disk as text (``Write error``, ``Free disk space available``), not as an errno."""
+    from rasterio._err import CPLE_AppDefinedError, CPLE_FileIOError
+
+    from socmap._atomic import writing
+
+    path = tmp_path / "soc.tif.blocks" / "assembled.tif"
+    with pytest.raises(OutputError) as info, writing(path, "map mosaic", need=4_000_000):
+        raise CPLE_FileIOError(3, 10, "TIFFAppendToStrip:Write error at scanline 3")
+    assert str(info.value) == (
+        f"cannot write map mosaic {path}: no space left on device (needs about 4.0 MB, 1.5 MB free); {HINT}"
+    )
+    with (
+        pytest.raises(
+            OutputError, match=r"^cannot write map COG .*: no space left on device \(1.5 MB free\)"
+        ),
+        writing(path, "map COG"),
+    ):
+        raise CPLE_AppDefinedError(1, 1, "Free disk space available is 1 bytes, whereas 2 are necessary")
+    with pytest.raises(CPLE_AppDefinedError), writing(path, "map COG"):  # other GDAL errors stay as they are
+        raise CPLE_AppDefinedError(1, 1, "Unknown option COMPRES")

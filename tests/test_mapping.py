@@ -257,12 +257,12 @@ def test_full_disk_is_one_line_and_resume_after_freeing_space_is_identical(
         map_soc(options, run_dir, out, on_warning=warned.append)
     assert re.fullmatch(
         rf"cannot write map block {re.escape(str(blocks))}/r\d+_c\d+\.npy: no space left on device \(needs "
-        r"about [\d.]+ kB, 1000 B free\); free space \(or choose another output\) and run again; map, train "
+        r"about [\d.]+ kB, 1.0 kB free\); free space \(or choose another output\) and run again; map, train "
         r"and cv continue with --resume",
         str(info.value),
     ), str(info.value)
     assert len(warned) == 1 and re.match(
-        rf"map {re.escape(str(out))} .* but .* has only 1000 B free", warned[0]
+        rf"map {re.escape(str(out))} .* but .* has only 1.0 kB free", warned[0]
     )
     assert len(list(blocks.glob("r*.npy"))) == 2 and not out.exists()
     assert not [p for p in tmp_path.rglob("*") if ".tmp-" in p.name]

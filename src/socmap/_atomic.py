@@ -45,7 +45,11 @@ DISK_ERRNOS = {
 #: the same faults when a library reports them as text only (GDAL, torch's zip writer, numpy's short writes).
 _TEXT_REASONS = (
     (
-        re.compile(r"no space left|requested and \d+ written|unexpected pos|file write failed", re.I),
+        re.compile(
+            r"no space left|requested and \d+ written|unexpected pos|file write failed|free disk space available"
+            r"|write error|writeencoded\w* failed",
+            re.I,
+        ),
         errno.ENOSPC,
     ),
     (re.compile(r"quota exceeded", re.I), errno.EDQUOT),
@@ -76,12 +80,17 @@ def free_bytes(path: str | Path) -> int | None:
         return None
 
 
+def _is_gdal_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a GDAL error raised through rasterio (``CPLE_*``; not an OSError)."""
+    return type(exc).__module__.startswith("rasterio") or type(exc).__name__.startswith("CPLE_")
+
+
 def _fault_errno(exc: BaseException) -> int | None:
     """The disk fault ``exc`` reports (ENOSPC, EDQUOT, EROFS, EACCES, EPERM), or None for any other error."""
     code = getattr(exc, "errno", None)
     if isinstance(exc, OSError) and code in DISK_ERRNOS:
         return int(code)
-    if not isinstance(exc, (OSError, RuntimeError)):
+    if not isinstance(exc, (OSError, RuntimeError)) and not _is_gdal_error(exc):
         return None
     text = str(exc)
     for pattern, found in _TEXT_REASONS:
@@ -126,7 +135,7 @@ def writing(path: str | Path, what: str, need: int | None = None) -> Iterator[No
     :func:`atomic_file` and :func:`atomic_dir` already do it)."""
     try:
         yield
-    except (OSError, RuntimeError) as exc:
+    except Exception as exc:
         error = output_failure(exc, path, what, need)
         if error is None:
             raise
