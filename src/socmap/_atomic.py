@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import re
 import shutil
@@ -129,17 +130,41 @@ def output_failure(
     return OutputError(f"cannot write {what} {path}: {DISK_ERRNOS[code]}{space}; {hint}")
 
 
+class _GdalFaults(logging.Handler):
+    """Collects GDAL's logged write errors: libtiff reports a full disk (``_tiffWriteProc: No space left on
+    device``) as a logged error while rasterio's write returns normally, leaving a truncated file."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.faults: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if _fault_errno(RuntimeError(text)) is not None:
+            self.faults.append(text)
+
+
 @contextlib.contextmanager
 def writing(path: str | Path, what: str, need: int | None = None) -> Iterator[None]:
     """Turn a disk fault inside the block into one :class:`OutputError` line (for writers that write in place;
-    :func:`atomic_file` and :func:`atomic_dir` already do it)."""
+    :func:`atomic_file` and :func:`atomic_dir` already do it); GDAL's logged write errors count too."""
+    gdal = logging.getLogger("rasterio")
+    handler = _GdalFaults()
+    gdal.addHandler(handler)
     try:
         yield
     except Exception as exc:
-        error = output_failure(exc, path, what, need)
+        found = handler.faults[:1]
+        error = output_failure(RuntimeError(found[0]) if found else exc, path, what, need)
         if error is None:
             raise
         raise error from None
+    finally:
+        gdal.removeHandler(handler)
+    if handler.faults:
+        raise output_failure(RuntimeError(handler.faults[0]), path, what, need) or OutputError(
+            handler.faults[0]
+        )
 
 
 def check_free_space(folder: str | Path, need: int, what: str, refuse: bool = True) -> str | None:
