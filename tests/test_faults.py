@@ -322,3 +322,28 @@ def test_gdal_write_errors_of_the_mosaic_and_cog_are_disk_faults(tmp_path: Path)
         raise CPLE_AppDefinedError(1, 1, "Free disk space available is 1 bytes, whereas 2 are necessary")
     with pytest.raises(CPLE_AppDefinedError), writing(path, "map COG"):  # other GDAL errors stay as they are
         raise CPLE_AppDefinedError(1, 1, "Unknown option COMPRES")
+
+
+@pytest.mark.parametrize("driver", ["GTiff", "COG"])
+def test_a_geotiff_truncated_by_a_full_disk_is_detected(tmp_path: Path, driver: str) -> None:
+    """libtiff reports a full disk only on stderr and GDAL's write returns normally: the map's mosaic and COG
+    are checked against their tile offsets before they get a final name."""
+    import rasterio.shutil
+
+    from socmap.mapping.cog import check_complete
+
+    src_path = tmp_path / "tiles.tif"
+    profile = {"driver": "GTiff", "dtype": "float32", "count": 2, "width": 300, "height": 200, "tiled": True}
+    with rasterio.open(src_path, "w", **profile, blockxsize=128, blockysize=128) as dst:
+        dst.write(np.random.default_rng(0).random((2, 200, 300), dtype=np.float32))
+    path = src_path
+    if driver == "COG":
+        path = tmp_path / "cog.tif"
+        rasterio.shutil.copy(src_path, path, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=128)
+    check_complete(path)  # complete: passes
+    size = path.stat().st_size
+    with open(path, "r+b") as fh:
+        fh.truncate(size - 1000)
+    with pytest.raises(OSError, match="is truncated") as info:
+        check_complete(path)
+    assert info.value.errno == errno.ENOSPC
