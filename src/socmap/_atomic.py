@@ -11,11 +11,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import logging
 import os
 import re
 import shutil
 import tempfile
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -100,6 +100,28 @@ def _fault_errno(exc: BaseException) -> int | None:
     return None
 
 
+def _fault(exc: BaseException, need: int | None) -> tuple[int, int | None] | None:
+    """(errno, bytes needed) of a disk fault, None for any other error; numpy's short write tells the size."""
+    code = _fault_errno(exc)
+    if code is None:
+        return None
+    short = _SHORT_WRITE.search(str(exc))
+    return code, need if need is not None or not short else int(short.group(1))
+
+
+def _message(path: str | Path, what: str, code: int, need: int | None) -> str:
+    """The one line for a disk fault; the free space is measured now (call it once the failed writer's file
+    is closed and removed)."""
+    if code not in (errno.ENOSPC, errno.EDQUOT):
+        return f"cannot write {what} {path}: {DISK_ERRNOS[code]}; make the folder writable or choose another output"
+    free = free_bytes(path)
+    parts = ([f"needs about {_size(need)}"] if need else []) + (
+        [f"{_size(free)} free"] if free is not None else []
+    )
+    space = f" ({', '.join(parts)})" if parts else ""
+    return f"cannot write {what} {path}: {DISK_ERRNOS[code]}{space}; {RESUME_HINT}"
+
+
 def output_failure(
     exc: BaseException, path: str | Path, what: str, need: int | None = None
 ) -> OutputError | None:
@@ -111,60 +133,38 @@ def output_failure(
         what: what it is, for the user (``map block``, ``training checkpoint``, ...).
         need: the bytes the write needs, when known.
     """
-    code = _fault_errno(exc)
-    if code is None:
-        return None
-    short = _SHORT_WRITE.search(str(exc))
-    if need is None and short:
-        need = int(short.group(1))
-    space = ""
-    if code in (errno.ENOSPC, errno.EDQUOT):
-        free = free_bytes(path)
-        parts = ([f"needs about {_size(need)}"] if need else []) + (
-            [f"{_size(free)} free"] if free is not None else []
-        )
-        space = f" ({', '.join(parts)})" if parts else ""
-        hint = RESUME_HINT
-    else:
-        hint = "make the folder writable or choose another output"
-    return OutputError(f"cannot write {what} {path}: {DISK_ERRNOS[code]}{space}; {hint}")
+    fault = _fault(exc, need)
+    return None if fault is None else OutputError(_message(path, what, *fault))
 
 
-class _GdalFaults(logging.Handler):
-    """Collects GDAL's logged write errors: libtiff reports a full disk (``_tiffWriteProc: No space left on
-    device``) as a logged error while rasterio's write returns normally, leaving a truncated file."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.faults: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        text = record.getMessage()
-        if _fault_errno(RuntimeError(text)) is not None:
-            self.faults.append(text)
+def _release(exc: BaseException | None) -> None:
+    """Clear the finished frames of ``exc`` and the exceptions it chains: a failed writer's file object
+    (torch's zip writer) lives in them, and the deleted temporary file takes space until it is closed."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)
+        exc = exc.__cause__ or exc.__context__
 
 
 @contextlib.contextmanager
 def writing(path: str | Path, what: str, need: int | None = None) -> Iterator[None]:
     """Turn a disk fault inside the block into one :class:`OutputError` line (for writers that write in place;
-    :func:`atomic_file` and :func:`atomic_dir` already do it); GDAL's logged write errors count too."""
-    gdal = logging.getLogger("rasterio")
-    handler = _GdalFaults()
-    gdal.addHandler(handler)
+    :func:`atomic_file` and :func:`atomic_dir` already do it).
+
+    The error is raised after the failed exception is released: a writer's frames (torch's zip writer) keep
+    the deleted temporary file open until then, and the free space shown must be the space really free.
+    """
+    fault = None
     try:
         yield
     except Exception as exc:
-        found = handler.faults[:1]
-        error = output_failure(RuntimeError(found[0]) if found else exc, path, what, need)
-        if error is None:
+        fault = _fault(exc, need)
+        if fault is None:
             raise
-        raise error from None
-    finally:
-        gdal.removeHandler(handler)
-    if handler.faults:
-        raise output_failure(RuntimeError(handler.faults[0]), path, what, need) or OutputError(
-            handler.faults[0]
-        )
+        _release(exc)
+    if fault is not None:
+        raise OutputError(_message(path, what, *fault))
 
 
 def check_free_space(folder: str | Path, need: int, what: str, refuse: bool = True) -> str | None:
