@@ -247,6 +247,17 @@ def _missing_config(env: Env) -> list[str]:
     return ["prepare", "--config", str(env.root / "nope.yaml"), "--out", str(env.out)]
 
 
+def _truncated_cache(env: Env) -> list[str]:
+    """A prepared folder whose windows.npy lost its tail (an interrupted copy): refused, never used."""
+    from socmap.config import load_config
+    from socmap.windows import prepare
+
+    prepare(load_config(env.config), env.out)
+    with open(env.out / "windows.npy", "r+b") as fh:
+        fh.truncate(fh.seek(0, 2) - 64)
+    return prepare_args(env)
+
+
 def _report_nothing(env: Env) -> list[str]:
     return ["report", str(env.root)]
 
@@ -343,6 +354,12 @@ CASES = [
         "holds no config.yaml of an interrupted run",
     ),
     Case("report of an unfinished run", _report_nothing, "error", "is not a finished run folder"),
+    Case(
+        "truncated prepared windows",
+        _truncated_cache,
+        "error",
+        "is damaged: windows.npy is ",
+    ),
 ]
 
 

@@ -4,6 +4,7 @@ resume after a failure, and bit-identical results on Dask threads and a dask.dis
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import torch
 import yaml
 from numpy.lib.stride_tricks import sliding_window_view
 
+import socmap._atomic as atomic
 import socmap.mapping as mapping
 import socmap.mapping.blocks as map_blocks
 from socmap.config import MapConfig, TrainConfig, load_config
@@ -227,6 +229,48 @@ def test_resume_after_failure_keeps_finished_blocks(
     assert reports[0] > 0 and not blocks.exists()
     a, profile_a, tags_a = _read(resumed.out)
     b, profile_b, tags_b = _read(mapped[0].out)
+    np.testing.assert_array_equal(a, b)
+    assert profile_a == profile_b and tags_a == tags_b
+
+
+def test_full_disk_is_one_line_and_resume_after_freeing_space_is_identical(
+    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The early free-space warning, then numpy's short write in the third block (a full disk): one line
+    naming the block, no COG, no temporary file; ``resume`` after freeing space gives the uninterrupted COG."""
+    options = _opts(bbox=BBOX, block_size=16)
+    reference = map_soc(options, run_dir, tmp_path / "reference" / "soc.tif")
+    out = tmp_path / "soc.tif"
+    blocks = out.with_name(out.name + ".blocks")
+    save, calls = np.save, {"n": 0}
+
+    def filling_disk(file: Any, values: Any, *args: Any, **kwargs: Any) -> None:
+        if calls["n"] == 2:
+            raise OSError("819200 requested and 152544 written")
+        calls["n"] += 1
+        save(file, values, *args, **kwargs)
+
+    monkeypatch.setattr(np, "save", filling_disk)
+    monkeypatch.setattr(atomic, "free_bytes", lambda _path: 1000)
+    warned: list[str] = []
+    with pytest.raises(OutputError) as info:
+        map_soc(options, run_dir, out, on_warning=warned.append)
+    assert re.fullmatch(
+        rf"cannot write map block {re.escape(str(blocks))}/r\d+_c\d+\.npy: no space left on device \(needs "
+        r"about [\d.]+ kB, 1.0 kB free\); free space \(or choose another output\) and run again; map, train "
+        r"and cv continue with --resume",
+        str(info.value),
+    ), str(info.value)
+    assert len(warned) == 1 and re.match(
+        rf"map {re.escape(str(out))} .* but .* has only 1.0 kB free", warned[0]
+    )
+    assert len(list(blocks.glob("r*.npy"))) == 2 and not out.exists()
+    assert not [p for p in tmp_path.rglob("*") if ".tmp-" in p.name]
+    monkeypatch.undo()
+    resumed = map_soc(options, run_dir, out, resume=True)
+    assert resumed.n_blocks_resumed == 2
+    a, profile_a, tags_a = _read(resumed.out)
+    b, profile_b, tags_b = _read(reference.out)
     np.testing.assert_array_equal(a, b)
     assert profile_a == profile_b and tags_a == tags_b
 

@@ -432,7 +432,9 @@ def map_(
     }
     options = RunFolder(run).load_config({k: v for k, v in overrides.items() if v is not None}).map
     with _pixel_progress(f"map {options.year or ''}".strip()) as on_progress:
-        result = map_soc(options, run, out, resume=resume, overwrite=overwrite, progress=on_progress)
+        result = map_soc(
+            options, run, out, resume=resume, overwrite=overwrite, progress=on_progress, on_warning=_warn
+        )
     for warning in result.warnings:
         _warn(warning)
     resumed = (

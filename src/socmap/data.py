@@ -43,6 +43,7 @@ __all__ = [
     "discover_stack",
     "is_organic_carbon",
     "load_samples",
+    "mask_and_scale",
     "parse_dates",
     "read_block",
     "read_table",
@@ -738,7 +739,26 @@ def read_block(
             raise InputError(
                 f"raster {src.name} is truncated or corrupt: {str(exc).splitlines()[0]}"
             ) from None
+    out[r0 - row0 : r1 - row0, c0 - col0 : c1 - col0] = mask_and_scale(src, nodata, data)
+    return out
+
+
+def mask_and_scale(
+    src: DatasetReader | WarpedVRT, nodata: float | None, data: NDArray[np.float32]
+) -> NDArray[np.float32]:
+    """The nodata policy for raw band-1 values read from ``src`` (in place): the nodata value (also NaN) and
+    ±Inf become NaN, then the band's scale/offset tags apply (``value * scale + offset``, as GDAL defines
+    them; an integer raster stored as scaled counts reads in its physical unit).
+
+    A warped dataset reads the tags of the file it warps (GDAL's warped VRT does not carry them over).
+    """
     if nodata is not None and not np.isnan(nodata):
         data[data == np.float32(nodata)] = np.nan
-    out[r0 - row0 : r1 - row0, c0 - col0 : c1 - col0] = data
-    return out
+    data[~np.isfinite(data)] = np.nan
+    base = getattr(src, "src_dataset", None) or src
+    scale = float(base.scales[0]) if base.scales else 1.0
+    offset = float(base.offsets[0]) if base.offsets else 0.0
+    if scale != 1.0 or offset != 0.0:
+        data *= np.float32(scale)
+        data += np.float32(offset)
+    return data

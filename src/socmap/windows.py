@@ -29,10 +29,18 @@ from numpy.typing import NDArray
 from pyproj import Transformer
 
 from socmap import __version__
-from socmap._atomic import atomic_dir, check_output_dir, write_json
+from socmap._atomic import atomic_dir, check_free_space, check_output_dir, write_json
 from socmap.config import SocmapConfig, dump_config
 from socmap.coordinates import coordinate_values
-from socmap.data import DROP_REASONS, GridSpec, RasterStack, discover_stack, load_samples, read_block
+from socmap.data import (
+    DROP_REASONS,
+    GridSpec,
+    RasterStack,
+    discover_stack,
+    load_samples,
+    mask_and_scale,
+    read_block,
+)
 from socmap.errors import InputError, OutputError
 from socmap.models.base import InputSpec, TargetInfo
 
@@ -190,9 +198,7 @@ def extract_windows_naive(
                     row, col = src.index(xs[i], ys[i])
                     win = rasterio.windows.Window(col - before, row - before, size, size)
                     bounded = win.intersection(rasterio.windows.Window(0, 0, src.width, src.height))
-                    data = src.read(1, window=bounded, out_dtype="float32")
-                    if nodata is not None and not np.isnan(nodata):
-                        data[data == np.float32(nodata)] = np.nan
+                    data = mask_and_scale(src, nodata, src.read(1, window=bounded, out_dtype="float32"))
                     r0, c0 = int(bounded.row_off - win.row_off), int(bounded.col_off - win.col_off)
                     out[i, ch, r0 : r0 + data.shape[0], c0 : c0 + data.shape[1], k] = data
     return out
@@ -221,6 +227,7 @@ class PreparedMeta:
     fingerprint: dict[str, Any]
     seconds: float = 0.0
     categorical_bands: list[str] = dataclasses.field(default_factory=list)
+    files: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     socmap_version: str = __version__
     nodata_policy: str = "NaN in windows.npy; filled with the training mean of band and step when used"
 
@@ -344,16 +351,10 @@ def prepare(
     say = progress or (lambda _msg: None)
     stack = discover_stack(config)
     fingerprint = _fingerprint(config, stack)
-    meta_path = out / "meta.json"
-    if meta_path.is_file():
-        old = json.loads(meta_path.read_text())
-        if _same_source(old.get("fingerprint", {}), fingerprint, config):
-            return load_prepared(out), True
-        if not overwrite:
-            raise OutputError(
-                f"prepared folder {out} was made from another config or other input files; "
-                "pass --overwrite to rebuild it"
-            )
+    if (out / "meta.json").is_file():
+        reused = _reuse(out, fingerprint, config, overwrite, say)
+        if reused is not None:
+            return reused, True
     check_output_dir(out, overwrite, marker="meta.json")
     started = time.perf_counter()
     say("reading samples")
@@ -441,15 +442,62 @@ def prepare(
     ]
     if "uncertainty" in frame.columns:
         columns.append("uncertainty")
-    with atomic_dir(out, overwrite=True, marker="meta.json") as tmp:
-        arr = np.lib.format.open_memmap(tmp / "windows.npy", mode="w+", dtype=np.float32, shape=windows.shape)
-        arr[...] = windows
-        arr.flush()
-        del arr
-        frame[columns].to_parquet(tmp / "samples.parquet", index=False)
+    _write_prepared(out, windows, frame[columns], meta, config)
+    return load_prepared(out), False
+
+
+def _write_prepared(
+    out: Path, windows: NDArray[np.float32], samples: pd.DataFrame, meta: PreparedMeta, config: SocmapConfig
+) -> None:
+    """Write the prepared folder atomically; refuse at once when its file system lacks the space.
+
+    ``windows.npy`` is written with ordinary writes (a full disk is an error, not the SIGBUS of a memory map)
+    and every file's size (``samples.parquet`` also its SHA-256) is recorded in ``meta.json`` so that
+    :func:`load_prepared` can refuse a truncated or edited cache.
+    """
+    need = windows.nbytes + 1024 * (len(samples) + 64)
+    check_free_space(out.absolute().parent, need, f"prepared folder {out} (windows.npy)")
+    with atomic_dir(out, overwrite=True, marker="meta.json", what="prepared folder", need=need) as tmp:
+        with open(tmp / "windows.npy", "wb") as fh:
+            np.save(fh, np.ascontiguousarray(windows, dtype=np.float32), allow_pickle=False)
+        samples.to_parquet(tmp / "samples.parquet", index=False)
+        meta.files = {name: _file_record(tmp / name) for name in CACHE_FILES}
         write_json(tmp / "meta.json", meta.to_json())
         (tmp / "config.yaml").write_text(dump_config(config), encoding="utf-8")
-    return load_prepared(out), False
+
+
+CACHE_FILES = ("windows.npy", "samples.parquet")
+
+
+def _file_record(path: Path) -> dict[str, Any]:
+    """Size of a cache file, and the SHA-256 of small ones (the sample table; windows are checked by size
+    and header, hashing gigabytes on every load would be slow)."""
+    record: dict[str, Any] = {"bytes": path.stat().st_size}
+    if path.suffix != ".npy":
+        record["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return record
+
+
+def _reuse(
+    out: Path, fingerprint: dict[str, Any], config: SocmapConfig, overwrite: bool, say: Any
+) -> PreparedData | None:
+    """The existing prepared folder ``out`` when it was made from the same config and inputs and is intact;
+    None when it is to be rebuilt (``overwrite``); otherwise one line saying why it cannot be used."""
+    try:
+        old = _read_meta(out)
+        if _same_source(old.get("fingerprint", {}), fingerprint, config):
+            return load_prepared(out)
+    except DamagedCache as exc:
+        if not overwrite:
+            raise DamagedCache(f"{exc}; pass --overwrite to rebuild it") from None
+        say(f"rebuilding: {exc}")
+        return None
+    if not overwrite:
+        raise OutputError(
+            f"prepared folder {out} was made from another config or other input files; "
+            "pass --overwrite to rebuild it"
+        )
+    return None
 
 
 def _raise_all_outside(frame: pd.DataFrame, grid: GridSpec, config: SocmapConfig) -> None:
@@ -479,17 +527,67 @@ def _raise_all_outside(frame: pd.DataFrame, grid: GridSpec, config: SocmapConfig
     )
 
 
+class DamagedCache(InputError):
+    """A prepared folder whose files are truncated, edited or unreadable (never used silently)."""
+
+
+def _read_meta(folder: Path) -> dict[str, Any]:
+    """``meta.json`` of a prepared folder as a dict; unreadable JSON is a :class:`DamagedCache`."""
+    path = folder / "meta.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DamagedCache(
+            f"prepared folder {folder} is damaged: meta.json is not valid JSON ({exc})"
+        ) from None
+    if not isinstance(data, dict):
+        raise DamagedCache(f"prepared folder {folder} is damaged: meta.json does not hold a JSON object")
+    return data
+
+
+def _check_files(folder: Path, meta: PreparedMeta) -> None:
+    """Compare every cache file with the size (and hash) recorded at prepare time (folders of versions
+    without ``meta.files`` are checked by shape only)."""
+    for name, record in meta.files.items():
+        path = folder / name
+        size = path.stat().st_size
+        if size != record.get("bytes"):
+            raise DamagedCache(
+                f"prepared folder {folder} is damaged: {name} is {size} bytes, {record.get('bytes')} when "
+                "prepared (truncated or edited)"
+            )
+        digest = record.get("sha256")
+        if digest is not None and hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            raise DamagedCache(
+                f"prepared folder {folder} is damaged: {name} was edited since it was prepared (its SHA-256 "
+                "differs from meta.json)"
+            )
+
+
 def load_prepared(path: str | Path) -> PreparedData:
-    """Open a prepared folder; windows are memory-mapped read-only."""
+    """Open a prepared folder; windows are memory-mapped read-only.
+
+    A truncated or edited ``windows.npy`` / ``samples.parquet`` (sizes and hash recorded in ``meta.json``)
+    or an unreadable file raises :class:`DamagedCache` with one line: a damaged cache is never used.
+    """
     folder = Path(path)
     for name in ("windows.npy", "samples.parquet", "meta.json"):
         if not (folder / name).is_file():
             raise InputError(f"prepared folder {folder}: {name} is missing; run socmap prepare first")
-    meta = PreparedMeta.from_json(json.loads((folder / "meta.json").read_text()))
-    windows = np.load(folder / "windows.npy", mmap_mode="r")
-    samples = pd.read_parquet(folder / "samples.parquet")
+    meta = PreparedMeta.from_json(_read_meta(folder))
+    _check_files(folder, meta)
+    try:
+        windows = np.load(folder / "windows.npy", mmap_mode="r", allow_pickle=False)
+        samples = pd.read_parquet(folder / "samples.parquet")
+    except (ValueError, OSError) as exc:
+        raise DamagedCache(f"prepared folder {folder} is damaged: cannot read it ({exc})") from None
+    if list(windows.shape) != list(meta.shape) or windows.dtype != np.float32:
+        raise DamagedCache(
+            f"prepared folder {folder} is damaged: windows.npy holds {windows.dtype} {list(windows.shape)}, "
+            f"meta.json says float32 {meta.shape}"
+        )
     if windows.shape[0] != len(samples):
-        raise InputError(
+        raise DamagedCache(
             f"prepared folder {folder}: windows.npy has {windows.shape[0]} rows, samples {len(samples)}"
         )
     return PreparedData(folder, windows, samples, meta)

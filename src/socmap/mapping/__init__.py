@@ -28,13 +28,23 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from socmap._atomic import check_free_space
 from socmap.config import MapConfig
 from socmap.mapping.blocks import compute_block, predict_members, read_inputs, run_block, valid_pixels
-from socmap.mapping.cog import LUCAS_DEPTH, NODATA, depth_tag, map_band_names, map_tags, write_outputs
+from socmap.mapping.cog import (
+    LUCAS_DEPTH,
+    NODATA,
+    depth_tag,
+    map_band_names,
+    map_space_needed,
+    map_tags,
+    write_outputs,
+)
 from socmap.mapping.members import cached_member, load_members
 from socmap.mapping.plan import Block, MapJob, MapPlan, open_blocks_dir, parse_bbox, plan_map, png_paths
 from socmap.mapping.previews import ColorLimits, aoa_png_path, color_limits, render_previews
@@ -149,6 +159,7 @@ def map_soc(
     progress: ProgressCallback | None = None,
     client: Client | None = None,
     limits: ColorLimits | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> MapResult:
     """Map ``map.year`` over the region with every model of ``run_dir``; write ``out`` (COG) and two PNGs.
 
@@ -167,6 +178,8 @@ def map_soc(
         client: a connected ``distributed.Client`` to run the blocks on (instead of ``map.scheduler``).
         limits: (vmin, vmax) of the prediction preview's colour scale; None: the 2nd and 98th percentiles
             of the mapped values.
+        on_warning: called at once with an early warning (too little free space for the blocks, the mosaic
+            and the COG); None: the warning joins ``MapResult.warnings``.
     """
     started = time.perf_counter()
     plan = plan_map(options, run_dir, out)
@@ -176,6 +189,14 @@ def map_soc(
     counter = PixelProgress(
         plan.n_region, sum(b.n_region for b in pending) - sum(b.n_region for b in todo), progress
     )
+    short = check_free_space(
+        plan.blocks_dir.parent,
+        map_space_needed(plan, sum(b.shape[0] * b.shape[1] for b in todo)),
+        f"map {plan.out} (blocks, mosaic and COG)",
+        refuse=False,
+    )
+    if short is not None:
+        (on_warning or plan.warnings.append)(f"{short}; the map may stop when the disk is full")
     counter.report()
     run_blocks(plan.job, todo, options.scheduler, client, counter)
     n_mapped = write_outputs(plan, limits)

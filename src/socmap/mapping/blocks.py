@@ -235,7 +235,7 @@ def save_block(path: Path, values: NDArray[np.float32]) -> None:
         path: ``<blocks_dir>/<block.name>``.
         values: the block's [8, rows, cols] result.
     """
-    with atomic_file(path) as tmp:
+    with atomic_file(path, "map block", need=values.nbytes + 128) as tmp:
         np.save(tmp, values)
 
 

@@ -5,17 +5,20 @@ band was made; the PNG previews are rendered from the COG before it is renamed i
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import rasterio
+import rasterio.errors
 import rasterio.shutil
 from numpy.typing import NDArray
+from rasterio.enums import Interleaving
 from rasterio.windows import Window
 
 from socmap import __version__
-from socmap._atomic import atomic_file
+from socmap._atomic import atomic_file, writing
 from socmap.errors import OutputError
 from socmap.mapping.members import cached_uncertainty
 from socmap.mapping.plan import Block, MapPlan, png_paths
@@ -113,6 +116,42 @@ def _block_values(plan: MapPlan, block: Block) -> NDArray[np.float32]:
     return np.asarray(values, dtype=np.float32)
 
 
+MOSAIC_TILE = 256  # tile edge of the uncompressed mosaic: edge tiles are padded to it
+
+
+def mosaic_bytes(plan: MapPlan) -> int:
+    """Bytes of the uncompressed mosaic (``assembled.tif``) the COG is copied from: the largest write of a map."""
+    tiles = -(-plan.width // MOSAIC_TILE) * -(-plan.height // MOSAIC_TILE)
+    return N_BANDS * 4 * tiles * MOSAIC_TILE**2
+
+
+def map_space_needed(plan: MapPlan, todo_pixels: int) -> int:
+    """Bytes a map still needs at its peak: its remaining blocks, the uncompressed mosaic and the COG (at
+    most as large as the mosaic; DEFLATE usually makes it much smaller)."""
+    return N_BANDS * 4 * todo_pixels + 2 * mosaic_bytes(plan)
+
+
+def check_complete(path: Path) -> None:
+    """Raise ENOSPC when the GeoTIFF ``path`` ends before its last tile: libtiff reports a full disk only on
+    stderr and GDAL's write returns normally, so a truncated file is caught here, before it gets a final name."""
+    size = path.stat().st_size
+    try:
+        with rasterio.open(path) as src:
+            bands = [1] if src.interleaving == Interleaving.pixel else list(range(1, src.count + 1))
+            bh, bw = src.block_shapes[0]
+            ends = [
+                int(src.get_tag_item(f"BLOCK_OFFSET_{x}_{y}", "TIFF", bidx=b) or 0)
+                + int(src.get_tag_item(f"BLOCK_SIZE_{x}_{y}", "TIFF", bidx=b) or 0)
+                for b in bands
+                for y in range(-(-src.height // bh))
+                for x in range(-(-src.width // bw))
+            ]
+    except rasterio.errors.RasterioError:
+        ends = [size + 1]  # not even its directory could be read
+    if max(ends, default=0) > size:
+        raise OSError(errno.ENOSPC, f"{path} is truncated ({size} bytes, tiles end at {max(ends)})")
+
+
 def assemble(plan: MapPlan, path: Path) -> int:
     """Write every block into a tiled GeoTIFF ``path`` (descriptions, units, tags); returns mapped pixels.
 
@@ -120,6 +159,18 @@ def assemble(plan: MapPlan, path: Path) -> int:
         plan: the map's plan (every block with region pixels finished).
         path: the GeoTIFF to write.
     """
+    with writing(path, "map mosaic", need=mosaic_bytes(plan)):
+        try:
+            n_mapped = _write_mosaic(plan, path)
+            check_complete(path)
+        except BaseException:
+            path.unlink(missing_ok=True)  # a truncated mosaic must not fill the disk of the resumed run
+            raise
+    return n_mapped
+
+
+def _write_mosaic(plan: MapPlan, path: Path) -> int:
+    """The body of :func:`assemble`."""
     profile: dict[str, Any] = {
         "driver": "GTiff",
         "dtype": "float32",
@@ -130,8 +181,8 @@ def assemble(plan: MapPlan, path: Path) -> int:
         "transform": plan.transform,
         "nodata": NODATA,
         "tiled": True,
-        "blockxsize": 256,
-        "blockysize": 256,
+        "blockxsize": MOSAIC_TILE,
+        "blockysize": MOSAIC_TILE,
         "BIGTIFF": "IF_SAFER",
     }
     n_mapped, n_aoa, n_inside = 0, 0, 0
@@ -168,7 +219,7 @@ def write_outputs(plan: MapPlan, limits: ColorLimits | None = None) -> int:
     assembled = plan.blocks_dir / "assembled.tif"
     n_mapped = assemble(plan, assembled)
     png, uncertainty_png = png_paths(plan.out)
-    with atomic_file(plan.out) as tmp:
+    with atomic_file(plan.out, "map COG") as tmp:
         tmp.unlink()
         rasterio.shutil.copy(
             assembled,
@@ -180,6 +231,7 @@ def write_outputs(plan: MapPlan, limits: ColorLimits | None = None) -> int:
             BLOCKSIZE=cog_blocksize(plan.width, plan.height),
             BIGTIFF="IF_SAFER",
         )
+        check_complete(tmp)
         render_previews(tmp, plan, png, uncertainty_png, limits)
     assembled.unlink(missing_ok=True)
     return n_mapped

@@ -419,7 +419,7 @@ class DeepModel(SocModel):
     def state(self, folder: Path) -> dict[str, Any]:
         net, normalizer = self._ready()
         weights = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-        with atomic_file(folder / WEIGHTS_FILE) as tmp:
+        with atomic_file(folder / WEIGHTS_FILE, "model weights") as tmp:
             torch.save(weights, tmp)
         return {
             "model": self.net_spec,

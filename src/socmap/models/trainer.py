@@ -239,7 +239,7 @@ class Checkpoint:
             ),
             "torch_rng": torch.get_rng_state(),
         }
-        with atomic_file(self.path) as tmp:
+        with atomic_file(self.path, "training checkpoint") as tmp:
             torch.save(payload, tmp)
 
     def remove(self) -> None:

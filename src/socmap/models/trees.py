@@ -223,7 +223,7 @@ class FeatureModel(SocModel):
 def _skops_dump(estimator: Any, path: Path) -> None:
     import skops.io as sio
 
-    with atomic_file(path) as tmp:
+    with atomic_file(path, "model file") as tmp:
         sio.dump(estimator, tmp)
 
 
@@ -331,7 +331,7 @@ class XGBoostModel(FeatureModel):
         return int(sum(len(t) for t in self.estimator.get_booster().get_dump()))
 
     def save_estimator(self, folder: Path) -> str:
-        with atomic_file(folder / ESTIMATOR_UBJ) as tmp:
+        with atomic_file(folder / ESTIMATOR_UBJ, "model file") as tmp:
             self.estimator.save_model(str(tmp.with_suffix(".ubj")))
             tmp.with_suffix(".ubj").replace(tmp)
         return ESTIMATOR_UBJ
