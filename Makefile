@@ -27,7 +27,7 @@ demo: venv
 	$(VENV)/bin/socmap demo --out $(DEMO_OUT)
 
 test: venv
-	WANDB_MODE=disabled $(PY) -m pytest -q
+	WANDB_MODE=disabled $(PY) -m pytest -q -n 2 --dist loadfile
 
 lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks

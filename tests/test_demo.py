@@ -12,7 +12,13 @@ def test_demo_runs_every_stage(tmp_path: Path) -> None:
     messages: list[str] = []
     result = run_demo(
         tmp_path / "demo",
-        overrides={"train.epochs": 1, "train.num_runs": 1, "uncertainty.calibration_folds": 0},
+        # every stage with its real code, lighter: one epoch, one run, no train calibration, two cv models
+        overrides={
+            "train.epochs": 1,
+            "train.num_runs": 1,
+            "uncertainty.calibration_folds": 0,
+            "cv.models": ["cnn_lstm", "linear"],
+        },
         say=messages.append,
     )
     assert (result.data / "truth.json").is_file()

@@ -196,7 +196,9 @@ def test_regression_kriging_maps_with_kriging_intervals(small_synth_dir: Path, t
     np.testing.assert_allclose(values[0, r, c], point, rtol=1e-5, atol=1e-4)
     half = 1.6448536269514722 * np.sqrt(kriging_var)
     np.testing.assert_allclose(values[1, r, c], point - half, rtol=1e-5, atol=1e-4)
-    np.testing.assert_allclose(values[2, r, c], point + half, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(values[2, r, c], point, rtol=1e-5, atol=1e-4)  # Q0.5 of a Gaussian interval
+    np.testing.assert_allclose(values[3, r, c], point + half, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(values[4, r, c], 2 * half, rtol=1e-4, atol=1e-4)  # PI90 width
     page = build_report(run).read_text()
     section = page[page.index('id="variogram"') :]
     section = section[: section.index("</section>")]
