@@ -372,6 +372,14 @@ def map_(
             "--year", help="Time label to map: its covariates and the T-1 before it (not for static stacks)."
         ),
     ] = None,
+    years: Annotated[
+        str | None,
+        typer.Option(
+            "--years",
+            help="Several years in one pass, FIRST:LAST or a list (2010,2015): OUT's stem + _<year>.tif each, "
+            "and a CF NetCDF cube OUT's stem + .nc.",
+        ),
+    ] = None,
     region: Annotated[
         Path | None,
         typer.Option(
@@ -431,6 +439,14 @@ def map_(
         "map.scheduler": scheduler,
     }
     options = RunFolder(run).load_config({k: v for k, v in overrides.items() if v is not None}).map
+    if years is not None:
+        from socmap.cli_time import print_years
+
+        if year is not None:
+            raise InputError("--year and --years: give one of them")
+        with _pixel_progress(f"map {years}") as on_progress:
+            print_years(options, years, run, out, resume, overwrite, on_progress, _warn)
+        return
     with _pixel_progress(f"map {options.year or ''}".strip()) as on_progress:
         result = map_soc(
             options, run, out, resume=resume, overwrite=overwrite, progress=on_progress, on_warning=_warn
@@ -768,6 +784,16 @@ def demo(
         f"held-out test R² {best['r2']:.3f}{ceiling_text}, RMSE {best['rmse']:.3g} {s.target.unit} ({what})"
     )
 
+
+def _register_time_commands() -> None:
+    """``socmap change`` and ``socmap stock`` (beyond one year; :mod:`socmap.cli_time`)."""
+    from socmap.cli_time import change, stock
+
+    app.command()(change)
+    app.command()(stock)
+
+
+_register_time_commands()
 
 # library errors name config keys; the CLI adds the flag that sets each key
 FLAGS = {

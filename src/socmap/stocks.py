@@ -256,7 +256,7 @@ def _check_fractions(values: FloatArray, sd: FloatArray, option: str) -> None:
 
 
 def _stock_strip(
-    src: Any, window: Window, bands: tuple[int, int, int], inputs: _Inputs
+    src: Any, window: Window, bands: tuple[int, ...], inputs: _Inputs
 ) -> NDArray[np.float32]:
     """[4, rows, cols] stock bands of one strip of the map (NaN = nodata)."""
     conc = [
@@ -338,7 +338,7 @@ def stock_map(
 def _write_stock(
     src: Any,
     out: Path,
-    bands: tuple[int, int, int],
+    bands: tuple[int, ...],
     inputs: _Inputs,
     depth: tuple[float, float],
     overwrite: bool,
