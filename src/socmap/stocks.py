@@ -191,7 +191,7 @@ def _strip(source: Source, dst: Any, window: Window, resampling: Resampling) -> 
             rasterio.band(src, 1),
             out,
             src_nodata=src.nodata,
-            dst_transform=rasterio.windows.transform(window, dst.transform),
+            dst_transform=dst.transform @ Affine.translation(window.col_off, window.row_off),
             dst_crs=dst.crs,
             dst_nodata=np.nan,
             resampling=resampling,
@@ -414,7 +414,7 @@ def _zone_codes(
     h, w = int(window.height), int(window.width)
     if zones is None:
         return np.ones((1, h, w), bool), ["all"]
-    transform = rasterio.windows.transform(window, dst.transform)
+    transform = dst.transform @ Affine.translation(window.col_off, window.row_off)
     if zones.suffix.lower() in {".tif", ".tiff", ".vrt"}:
         codes = np.full((h, w), np.nan)
         with rasterio.open(zones) as src:
