@@ -74,7 +74,7 @@ def config_text() -> str:
     return (
         "name: nakuru-soc-percent\n"
         "samples:\n  path: samples.csv\n  id: sample_id\n  x: easting\n  y: northing\n"
-        f"  crs: {CRS}\n  target: {TARGET}\n  target_unit: \"{UNIT}\"\n  year: year\n"
+        f'  crs: {CRS}\n  target: {TARGET}\n  target_unit: "{UNIT}"\n  year: year\n'
         "filters:\n  max_target: null\n"
         "covariates:\n  root: covariates\n  static: [Elevation]\n  temporal: [NDVI]\n"
         "windows:\n  size: 3\n  time_steps: 2\n"
@@ -111,6 +111,30 @@ def make(root: str | Path, seed: int = 0, n_locations: int = 90) -> Path:
     table[["sample_id", "year", "truth"]].to_csv(root / "true_soc.csv", index=False)
     (root / "config.yaml").write_text(config_text(), encoding="utf-8")
     return root / "config.yaml"
+
+
+def train_run(root: str | Path, model: str = "linear", calibration_folds: int = 3) -> Path:
+    """Write the fixture into ``root / data`` and train a calibrated run into ``root / run`` (seconds)."""
+    import torch
+
+    from socmap.config import load_config
+    from socmap.train import train
+
+    root = Path(root)
+    config = make(root / "data")
+    overrides = {
+        "train.model": model,
+        "train.num_runs": 1,
+        "train.wandb_mode": "disabled",
+        "train.threads": 1,
+        "uncertainty.calibration_folds": calibration_folds,
+    }
+    threads = torch.get_num_threads()
+    try:
+        train(load_config(config, overrides), root / "run")
+    finally:
+        torch.set_num_threads(threads)
+    return root / "run"
 
 
 if __name__ == "__main__":
