@@ -130,3 +130,23 @@ def test_refusals(maps: YearsResult, tmp_path: Path) -> None:
         change_map(maps.outs["2014"], other, tmp_path / "c.tif")
     with pytest.raises(InputError, match="does not exist"):
         change_map(tmp_path / "nope.tif", other, tmp_path / "c.tif")
+
+
+def test_report_shows_time_series_change_and_stock(run_dir: Path, maps: YearsResult, tmp_path: Path) -> None:
+    from socmap.report import build_report
+    from socmap.report_time import regional_means
+    from socmap.stocks import Source, stock_map
+
+    change = change_map(maps.outs["2014"], maps.outs["2022"], tmp_path / "c.tif", run_dir).out
+    stock = stock_map(maps.outs["2022"], tmp_path / "s.tif", depth=(0, 30), bd=Source(1.2)).out
+    plain = build_report(run_dir, tmp_path / "plain.html").read_text()
+    assert "<h2>Time series</h2>" not in plain and "<h2>Stock</h2>" not in plain  # only when given
+    page = build_report(run_dir, tmp_path / "r.html", cube=maps.cube, change=change, stock=stock).read_text()
+    for title in ("Time series", "Change", "Stock"):
+        assert f"<h2>{title}</h2>" in page and f'href="#{title.lower().replace(" ", "-")}"' in page
+    means = regional_means(maps.cube)
+    with rasterio.open(maps.outs["2022"]) as src:
+        band = src.read(1, masked=True)
+    assert means["year"].tolist() == ["2014", "2022"]
+    np.testing.assert_allclose(means["mean"].iloc[1], band.mean(), rtol=1e-6)
+    assert "s_totals.csv" not in page and "total_Tg" in page  # the totals table is embedded

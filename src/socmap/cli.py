@@ -709,11 +709,21 @@ def report(
     cv_dir: Annotated[
         Path | None, typer.Option("--cv", help="A socmap cv output folder (default: RUN_DIR/cv if present).")
     ] = None,
+    cube: Annotated[
+        Path | None,
+        typer.Option("--cube", help="A time cube (.nc) of socmap map --years: time-series section."),
+    ] = None,
+    change: Annotated[
+        Path | None, typer.Option("--change", help="A COG of socmap change: change section.")
+    ] = None,
+    stock: Annotated[
+        Path | None, typer.Option("--stock", help="A COG of socmap stock (and its totals): stock section.")
+    ] = None,
 ) -> None:
     """Write one self-contained HTML report of a run: data, split, curves, metrics, comparison, map, config."""
     from socmap.report import build_report
 
-    path = build_report(run_dir, out, map_path=map_path, cv_dir=cv_dir)
+    path = build_report(run_dir, out, map_path=map_path, cv_dir=cv_dir, cube=cube, change=change, stock=stock)
     typer.echo(f"wrote {path}")
 
 

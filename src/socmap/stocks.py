@@ -255,9 +255,7 @@ def _check_fractions(values: FloatArray, sd: FloatArray, option: str) -> None:
         raise InputError(f"{option}-sd: expected a standard deviation >= 0")
 
 
-def _stock_strip(
-    src: Any, window: Window, bands: tuple[int, ...], inputs: _Inputs
-) -> NDArray[np.float32]:
+def _stock_strip(src: Any, window: Window, bands: tuple[int, ...], inputs: _Inputs) -> NDArray[np.float32]:
     """[4, rows, cols] stock bands of one strip of the map (NaN = nodata)."""
     conc = [
         src.read(b, window=window, masked=True).astype(np.float64).filled(np.nan) * inputs.factor
