@@ -147,3 +147,25 @@ def test_refusals(run_dir: Path, mapped: YearsResult, tmp_path: Path) -> None:
     assert YEARS[0] == 2012
     with pytest.raises(OutputError, match="exists"):
         map_years(MapConfig(block_size=BLOCK), MAPPED, run_dir, mapped.outs["2014"].with_name("soc.tif"))
+
+
+def test_cli_years(run_dir: Path, tmp_path: Path) -> None:
+    from tests.conftest import run_cli
+
+    out = tmp_path / "soc.tif"
+    proc = run_cli(
+        "map", "--run", str(run_dir), "--years", "2020:2021", "--out", str(out), "--block-size", "32"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "mapped 2 years (2020..2021)" in proc.stdout and "CF-1.8 NetCDF" in proc.stdout
+    assert (
+        (tmp_path / "soc_2020.tif").is_file()
+        and (tmp_path / "soc_2021.tif").is_file()
+        and out.with_suffix(".nc").is_file()
+    )
+    bad = run_cli("map", "--run", str(run_dir), "--years", "2021:2020", "--out", str(tmp_path / "b.tif"))
+    assert (
+        bad.returncode == 2
+        and len(bad.stderr.strip().splitlines()) == 1
+        and "--years '2021:2020'" in bad.stderr
+    )

@@ -441,11 +441,13 @@ def map_(
     options = RunFolder(run).load_config({k: v for k, v in overrides.items() if v is not None}).map
     if years is not None:
         from socmap.cli_time import print_years
+        from socmap.mapping.years import parse_years
 
         if year is not None:
             raise InputError("--year and --years: give one of them")
+        year_list = parse_years(years)
         with _pixel_progress(f"map {years}") as on_progress:
-            print_years(options, years, run, out, resume, overwrite, on_progress, _warn)
+            print_years(options, year_list, run, out, resume, overwrite, on_progress, _warn)
         return
     with _pixel_progress(f"map {options.year or ''}".strip()) as on_progress:
         result = map_soc(

@@ -21,7 +21,7 @@ __all__ = ["change", "print_years", "stock"]
 
 def print_years(
     options: MapConfig,
-    years_text: str,
+    years: list[str],
     run: Path,
     out: Path,
     resume: bool,
@@ -33,18 +33,16 @@ def print_years(
 
     Args:
         options: the ``map`` section.
-        years_text: the ``--years`` value.
+        years: the years (``--years`` parsed).
         run: the run folder.
         out: ``<stem>.tif``.
         resume, overwrite: as for ``socmap map``.
         progress: the pixel progress callback.
         warn: prints a warning.
     """
-    from socmap.mapping.years import map_years, parse_years
+    from socmap.mapping.years import map_years
 
-    result = map_years(
-        options, parse_years(years_text), run, out, resume=resume, overwrite=overwrite, progress=progress
-    )
+    result = map_years(options, years, run, out, resume=resume, overwrite=overwrite, progress=progress)
     for warning in result.warnings:
         warn(warning)
     resumed = f", {result.n_resumed} (block, year) files resumed" if result.n_resumed else ""
