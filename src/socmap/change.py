@@ -258,9 +258,9 @@ def _open_pair(a: Path, b: Path) -> tuple[dict[str, str], dict[str, str]]:
 
 def _bands(src: Any, window: Window) -> FloatArray:
     """[3, rows, cols] mean, Q0.05, Q0.95 of a socmap map (NaN = nodata)."""
-    from socmap.stocks import _band_index
+    from socmap.stocks import band_index
 
-    idx = [_band_index(src, n) for n in ("mean", "Q0.05", "Q0.95")]
+    idx = [band_index(src, n) for n in ("mean", "Q0.05", "Q0.95")]
     return np.stack([src.read(i, window=window, masked=True).astype(np.float64).filled(np.nan) for i in idx])
 
 

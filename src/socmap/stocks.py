@@ -46,6 +46,7 @@ __all__ = [
     "STOCK_BANDS",
     "Source",
     "StockResult",
+    "band_index",
     "conc_factor",
     "parse_depth",
     "parse_source",
@@ -170,7 +171,7 @@ def pixel_area_ha(transform: Affine, crs: Any, row0: int, rows: int) -> FloatArr
     return areas
 
 
-def _band_index(src: Any, name: str) -> int:
+def band_index(src: Any, name: str) -> int:
     """1-based index of the band tagged ``name`` (socmap maps tag every band), else by description."""
     for i in range(1, src.count + 1):
         if src.tags(i).get("name") == name or (src.descriptions[i - 1] or "").split(":")[0] == name:
@@ -325,7 +326,7 @@ def stock_map(
         tags = src.tags()
         factor = conc_factor(unit or tags.get("unit", ""), f"map {map_path} ({tags.get('target', 'target')})")
         inputs = _Inputs(bd, bd_sd, cf, cf_sd, depth[1] - depth[0], factor, draws, seed)
-        bands = tuple(_band_index(src, name) for name in ("mean", "Q0.05", "Q0.5", "Q0.95"))
+        bands = tuple(band_index(src, name) for name in ("mean", "Q0.05", "Q0.5", "Q0.95"))
         n_pixels = _write_stock(src, out, bands, inputs, depth, overwrite)
     table = zone_totals(out, zones, zone_field)
     with atomic_file(totals_path, "totals table") as tmp:

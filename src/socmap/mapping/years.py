@@ -33,7 +33,14 @@ from numpy.typing import NDArray
 from socmap._atomic import atomic_file
 from socmap.config import MapConfig
 from socmap.errors import InputError, OutputError
-from socmap.mapping.blocks import compute_block, job_members, read_inputs, save_block, undo_dask_malloc_trim
+from socmap.mapping.blocks import (
+    PixelCallback,
+    compute_block,
+    job_members,
+    read_inputs,
+    save_block,
+    undo_dask_malloc_trim,
+)
 from socmap.mapping.cog import NODATA, map_band_names, write_outputs
 from socmap.mapping.plan import Block, MapJob, MapPlan, map_time_labels, open_blocks_dir, plan_map
 from socmap.mapping.previews import ColorLimits, color_limits
@@ -177,7 +184,7 @@ def run_years_block(
     jobs: Sequence[MapJob],
     block: Block,
     members: Sequence[SocModel] | None = None,
-    on_pixels: Any = None,
+    on_pixels: PixelCallback | None = None,
 ) -> int:
     """The task: one block for every year without a block file; the rasters are read once for all years.
 
@@ -293,8 +300,6 @@ def _shared_limits(plans: Sequence[MapPlan]) -> ColorLimits:
 
 def _check_outputs(plans: Sequence[MapPlan], cube: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to replace a cube (without ``overwrite``) before any block is computed."""
-    if cube.suffix != ".nc":
-        raise OutputError(f"out {cube}: expected a .tif name; the cube goes beside it as .nc")
     if cube.exists() and not overwrite:
         raise OutputError(f"output {cube} exists; pass overwrite=True to replace it")
     for plan in plans:
