@@ -410,9 +410,9 @@ def write_cube(plans: Sequence[MapPlan], cube: Path) -> None:
         plans: one per year, their COGs written.
         cube: the ``.nc`` to write.
     """
-    import netCDF4
     import rasterio
 
+    netCDF4 = _netcdf4()
     first = plans[0]
     crs = first.job.stack.grid.crs
     t = first.transform
@@ -470,6 +470,17 @@ def write_cube(plans: Sequence[MapPlan], cube: Path) -> None:
                     var[i, :, :] = src.read(b)
 
 
+def _netcdf4() -> Any:
+    """The netCDF4 module, or one line saying how to get it."""
+    try:
+        import netCDF4
+    except ImportError:
+        raise OutputError(
+            "the NetCDF time cube needs the netCDF4 package (a socmap dependency): pip install netCDF4"
+        ) from None
+    return netCDF4
+
+
 def _grid_mapping(crs: Any) -> dict[str, Any]:
     """CF grid-mapping attributes of a rasterio CRS (pyproj's ``to_cf``) plus its WKT."""
     from pyproj import CRS
@@ -504,8 +515,7 @@ def read_cube(cube: str | Path, band: str = "mean") -> tuple[list[str], NDArray[
         cube: a ``socmap map --years`` NetCDF.
         band: a band name (``mean``, ``Q0.05``, ...).
     """
-    import netCDF4
-
+    netCDF4 = _netcdf4()
     path = Path(cube)
     if not path.is_file():
         raise InputError(f"cube {path} does not exist")
