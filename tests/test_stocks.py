@@ -31,12 +31,19 @@ H, W = 20, 30
 NAMES = ("mean", "Q0.05", "Q0.5", "Q0.95", "PI90_width", "model_spread_sd", "DI", "AOA")
 
 
-def _write_map(path: Path, mean: np.ndarray, lo: np.ndarray, hi: np.ndarray, unit: str = "%") -> Path:
+def _write_map(
+    path: Path,
+    mean: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    unit: str = "%",
+    names: tuple[str, ...] = NAMES,
+) -> Path:
     """A socmap-like 8-band map: mean, Q0.05, Q0.5 (= mean), Q0.95, ... with band name tags."""
     bands = [mean, lo, mean, hi, hi - lo, np.zeros_like(mean), np.zeros_like(mean), np.ones_like(mean)]
     profile = {"driver": "GTiff", "dtype": "float32", "count": 8, "width": W, "height": H, "crs": CRS}
     with rasterio.open(path, "w", **profile, transform=T, nodata=-9999.0) as dst:
-        for i, (name, values) in enumerate(zip(NAMES, bands, strict=True), start=1):
+        for i, (name, values) in enumerate(zip(names, bands, strict=True), start=1):
             dst.write(np.where(np.isnan(values), -9999.0, values).astype(np.float32), i)
             dst.update_tags(i, name=name)
         dst.update_tags(unit=unit, target="SOC", year="2020")
@@ -189,3 +196,15 @@ def test_refusals_are_one_clear_line(conc_map: Path, tmp_path: Path) -> None:
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "not a carbon concentration" in proc.stderr
+
+
+def test_an_80_percent_map_is_read_at_its_own_levels(tmp_path: Path) -> None:
+    # uncertainty.nominal 0.8: bands Q0.1 / Q0.9; the stock's Q0.05 / Q0.95 follow from z(0.9) = 1.2816
+    mean = np.full((H, W), 2.0)
+    names = ("mean", "Q0.1", "Q0.5", "Q0.9", "PI80_width", "model_spread_sd", "DI", "AOA")
+    path = _write_map(tmp_path / "m80.tif", mean, mean - 0.5, mean + 0.5, names=names)
+    result = stock_map(path, tmp_path / "s80.tif", depth=(0, 10), bd=Source(1.0), draws=20_000)
+    got = _read(result.out)
+    base = 10 * 10 * 0.1  # % -> g/kg, BD 1, 10 cm
+    np.testing.assert_allclose(np.median(got[1]), (2.0 - 0.5 * 1.6449 / 1.2816) * base, rtol=0.01)
+    np.testing.assert_allclose(np.median(got[2]), (2.0 + 0.5 * 1.6449 / 1.2816) * base, rtol=0.01)

@@ -38,6 +38,7 @@ from rasterio.windows import Window
 
 from socmap._atomic import atomic_file
 from socmap.errors import InputError, OutputError
+from socmap.stocks import band_index, interval_bands
 
 __all__ = [
     "CHANGE_BANDS",
@@ -51,7 +52,7 @@ __all__ = [
     "validate_change",
 ]
 
-CHANGE_BANDS = ("change", "Q0.05", "Q0.95", "PI90_width", "direction")
+CHANGE_BANDS = ("change", "Q0.05", "Q0.95", "PI90_width", "direction")  # for the default 90 % interval
 MIN_PAIRS = 30
 NODATA = -9999.0
 STRIP = 512
@@ -257,10 +258,9 @@ def _open_pair(a: Path, b: Path) -> tuple[dict[str, str], dict[str, str]]:
 
 
 def _bands(src: Any, window: Window) -> FloatArray:
-    """[3, rows, cols] mean, Q0.05, Q0.95 of a socmap map (NaN = nodata)."""
-    from socmap.stocks import band_index
-
-    idx = [band_index(src, n) for n in ("mean", "Q0.05", "Q0.95")]
+    """[3, rows, cols] mean and the interval's lower and upper bands of a socmap map (NaN = nodata)."""
+    lower, upper, _ = interval_bands(src)
+    idx = [band_index(src, n) for n in ("mean", lower, upper)]
     return np.stack([src.read(i, window=window, masked=True).astype(np.float64).filled(np.nan) for i in idx])
 
 
@@ -287,6 +287,11 @@ def change_map(
         raise OutputError(f"out {out}: expected a GeoTIFF file name ending in .tif")
     ta, tb = _open_pair(a, b)
     cal = calibrate_change(run_dir)
+    with rasterio.open(a) as src:
+        lower, upper, level = interval_bands(src)
+    if cal.n_pairs < MIN_PAIRS:  # assumed rho and k: the interval has the maps' nominal coverage
+        cal.nominal = round(1 - 2 * level, 6)
+    names = ("change", lower, upper, f"PI{cal.nominal * 100:g}_width", "direction")
     sums = np.zeros(5)  # n, sum change, sum width, n increase, n decrease
     mosaic = out.with_name(f".{out.name}.strips.tif")
     try:
@@ -306,7 +311,7 @@ def change_map(
                         (values[4] == -1).sum(),
                     ]
                     dst.write(np.where(np.isfinite(values), values, NODATA).astype(np.float32), window=window)
-                _describe(dst, ta, tb, cal)
+                _describe(dst, ta, tb, cal, names)
         with atomic_file(out, "change COG") as tmp:
             tmp.unlink()
             rasterio.shutil.copy(mosaic, tmp, driver="COG", COMPRESS="DEFLATE", PREDICTOR="YES")
@@ -338,19 +343,21 @@ def _change_strip(va: FloatArray, vb: FloatArray, cal: ChangeCalibration) -> Flo
     return out
 
 
-def _describe(dst: Any, ta: dict[str, str], tb: dict[str, str], cal: ChangeCalibration) -> None:
-    """Band descriptions, units and tags of the change COG."""
+def _describe(
+    dst: Any, ta: dict[str, str], tb: dict[str, str], cal: ChangeCalibration, names: tuple[str, ...]
+) -> None:
+    """Band descriptions, units and tags of the change COG (``names``: the bands' names)."""
     unit = ta.get("unit", "")
     years = f"{ta.get('year', '?')} -> {tb.get('year', '?')}"
     dst.descriptions = (
         f"change: mean prediction {years} ({unit})",
-        f"Q0.05: lower bound of the change's {cal.nominal:.0%} interval ({unit})",
-        f"Q0.95: upper bound of the change's {cal.nominal:.0%} interval ({unit})",
-        f"PI90_width: width of the change interval ({unit})",
+        f"{names[1]}: lower bound of the change's {cal.nominal:.0%} interval ({unit})",
+        f"{names[2]}: upper bound of the change's {cal.nominal:.0%} interval ({unit})",
+        f"{names[3]}: width of the change interval ({unit})",
         "direction: +1 increase, -1 decrease (interval excludes 0), 0 no detectable change",
     )
     dst.units = (unit,) * 4 + ("1",)
-    for i, name in enumerate(CHANGE_BANDS, start=1):
+    for i, name in enumerate(names, start=1):
         dst.update_tags(i, name=name)
     dst.update_tags(
         quantity=f"change of {ta.get('target', 'target')}",

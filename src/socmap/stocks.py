@@ -9,8 +9,8 @@ coarse fragments) holds conc / 1000 of carbon). A concentration in % is first co
 other unit (pH, cmol/kg, ...) is refused: it is not a carbon concentration.
 
 Uncertainty by Monte Carlo (fixed seed, ``draws`` per pixel): the concentration follows a split normal with the
-map's median ``Q0.5`` and its ``Q0.05``/``Q0.95`` as 5 %/95 % quantiles (so the map's interval, asymmetric or
-not, is reproduced exactly); BD and CF are normal with the given mean and sd (constants or rasters), truncated
+map's median ``Q0.5`` and its ``Q0.05``/``Q0.95`` as 5 %/95 % quantiles (or the levels of another nominal
+interval, e.g. ``Q0.1``/``Q0.9``; so the map's interval, asymmetric or not, is reproduced exactly); BD and CF are normal with the given mean and sd (constants or rasters), truncated
 to BD > 0 and 0 <= CF < 1; the three are independent. The stock COG holds ``mean``, ``Q0.05``, ``Q0.95`` and
 ``sd`` of the draws (``mean`` analytically: the product of the factors' means, exact for independent factors).
 
@@ -27,6 +27,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -48,6 +49,7 @@ __all__ = [
     "StockResult",
     "band_index",
     "conc_factor",
+    "interval_bands",
     "parse_depth",
     "parse_source",
     "pixel_area_ha",
@@ -181,6 +183,26 @@ def band_index(src: Any, name: str) -> int:
     )
 
 
+def interval_bands(src: Any) -> tuple[str, str, float]:
+    """The lower and upper interval bands of a socmap map and the lower level: ``("Q0.05", "Q0.95", 0.05)``
+    for the default 90 % interval, ``("Q0.1", "Q0.9", 0.1)`` for ``uncertainty.nominal: 0.8``.
+
+    Args:
+        src: the open map.
+    """
+    names = [src.tags(i).get("name", "") for i in range(1, src.count + 1)]
+    levels = sorted(
+        float(m[1])
+        for name in names
+        if (m := re.fullmatch(r"Q(0\.\d+)", name)) is not None and float(m[1]) != 0.5
+    )
+    if len(levels) < 2:
+        raise InputError(
+            f"map {src.name}: no interval bands (Q0.05 / Q0.95); expected a socmap map with an interval"
+        )
+    return f"Q{levels[0]:g}", f"Q{levels[-1]:g}", levels[0]
+
+
 def _strip(source: Source, dst: Any, window: Window, resampling: Resampling) -> FloatArray:
     """The source on the map's grid for one strip (NaN = nodata)."""
     h, w = int(window.height), int(window.width)
@@ -212,6 +234,7 @@ class _Inputs:
     factor: float
     draws: int
     seed: int
+    z: float = Z95  # the normal quantile of the map's upper interval level (1.645 for Q0.95)
 
 
 def _draw_stocks(
@@ -235,7 +258,7 @@ def _draw_stocks(
     mean, lo, med, hi = conc
     n, k = med.size, inputs.draws
     z = rng.standard_normal((n, k))
-    sd_lo, sd_hi = (med - lo) / Z95, (hi - med) / Z95
+    sd_lo, sd_hi = (med - lo) / inputs.z, (hi - med) / inputs.z
     c = np.maximum(med[:, None] + z * np.where(z < 0, sd_lo[:, None], sd_hi[:, None]), 0.0)
     b = np.maximum(bd[0][:, None] + bd[1][:, None] * rng.standard_normal((n, k)), 0.0)
     f = np.clip(cf[0][:, None] + cf[1][:, None] * rng.standard_normal((n, k)), 0.0, 1.0)
@@ -325,8 +348,10 @@ def stock_map(
     with rasterio.open(map_path) as src:
         tags = src.tags()
         factor = conc_factor(unit or tags.get("unit", ""), f"map {map_path} ({tags.get('target', 'target')})")
-        inputs = _Inputs(bd, bd_sd, cf, cf_sd, depth[1] - depth[0], factor, draws, seed)
-        bands = tuple(band_index(src, name) for name in ("mean", "Q0.05", "Q0.5", "Q0.95"))
+        lower, upper, level = interval_bands(src)
+        z = float(NormalDist().inv_cdf(1 - level))
+        inputs = _Inputs(bd, bd_sd, cf, cf_sd, depth[1] - depth[0], factor, draws, seed, z)
+        bands = tuple(band_index(src, name) for name in ("mean", lower, "Q0.5", upper))
         n_pixels = _write_stock(src, out, bands, inputs, depth, overwrite)
     table = zone_totals(out, zones, zone_field)
     with atomic_file(totals_path, "totals table") as tmp:
