@@ -56,7 +56,12 @@ INTERVAL_LEVELS = (0.05, 0.5, 0.95)  # q05..q95: the nominal 90 % interval
 CHECKPOINT = "checkpoint.pt"  # an iterative model's resume file, not needed once the fold's model is fitted
 RESULT = "result.json"  # written last: marks a finished fit
 PREDICTIONS = "oof.npz"
-THREAD_SAFE_FAMILIES = {"tree", "linear"}  # fits that never draw from torch's process-wide random generator
+THREAD_SAFE_FAMILIES = {"tree", "linear"}
+SELF_CONTAINED_FAMILIES = {
+    "deep",
+    "tree",
+    "linear",
+}  # fits that read only their own models.<kind> options  # fits that never draw from torch's process-wide random generator
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 DoneCallback = Callable[[int, "FoldFit"], None]
@@ -132,7 +137,8 @@ def fit_fingerprint(
     config: SocmapConfig, data: PreparedData, kind: str, train: IntArray, test: IntArray
 ) -> str:
     """A hash of what a fit's numbers depend on: the config (without the sections that do not change a fit:
-    ``map``, ``cv``, ``uncertainty``, the name, thread counts and tracking), the prepared data (its input
+    ``map``, ``cv``, ``uncertainty``, the name, thread counts and tracking; of ``models`` only the kind's own
+    options, except for blends and kriging, which build other kinds), the prepared data (its input
     fingerprint, sample ids and targets), the kind, the fold's rows and socmap's version.
 
     Args:
@@ -144,6 +150,10 @@ def fit_fingerprint(
     dumped = config.model_dump(mode="json", exclude={"map", "cv", "uncertainty", "name", "base_dir"})
     for key in ("threads", "wandb_mode", "wandb_project"):
         dumped["train"].pop(key, None)
+    if (
+        model_entry(kind).family in SELF_CONTAINED_FAMILIES
+    ):  # others (blends, kriging) read other kinds' options
+        dumped["models"] = {kind: dumped["models"].get(kind, {})}
     payload = {
         "config": dumped,
         "data": data.meta.fingerprint,
