@@ -3,6 +3,7 @@ and of a run interrupted (an exception, a SIGKILL) and resumed, equal an uninter
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -178,6 +179,31 @@ def test_resume_recomputes_fits_of_another_config(
     pd.testing.assert_frame_equal(again.predictions, fresh.predictions, check_exact=True)
     qrf = first.predictions["model"] == "qrf"
     assert not np.array_equal(first.predictions["q95"][qrf], again.predictions["q95"][qrf])
+
+
+def test_killed_cv_worker_is_retried(
+    small_synth_dir: Path,
+    sequential: CVResult,
+    prepared: PreparedData,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker process SIGKILLed during a fit (processes scheduler): the unfinished fits run again in a fresh
+    pool; the numbers equal the sequential run's."""
+    marker = tmp_path / "killed-once"
+
+    def kill_once(task: tasks.FitTask, *args: Any) -> tasks.FoldFit:
+        if task.fold == 1 and not marker.exists():
+            marker.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return importlib.import_module("socmap.evaluate.tasks").run_fit(task, *args)  # the worker's own
+
+    monkeypatch.setattr(tasks, "run_fit", kill_once)
+    cfg = config(small_synth_dir, **{"cv.models": ["linear"], "cv.scheduler": "processes"})
+    result = cross_validate(cfg, prepared, tmp_path / "cv")
+    assert marker.exists()
+    linear = sequential.predictions[sequential.predictions["model"] == "linear"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(result.predictions, linear, check_exact=True)
 
 
 def test_sigkilled_cv_resumes_to_the_same_numbers(
