@@ -208,18 +208,17 @@ def _fit(task: FitTask, config: SocmapConfig, data: PreparedData) -> FoldFit:
 
 
 @contextlib.contextmanager
-def _rng_guard(kind: str, threaded: bool) -> Iterator[None]:
-    """On the threads scheduler, fits that may seed torch's process-wide generator run one at a time."""
-    if threaded and model_entry(kind).family not in THREAD_SAFE_FAMILIES:
+def _rng_guard(kind: str) -> Iterator[None]:
+    """Fits that may seed torch's process-wide generator run one at a time in a process (the threads
+    scheduler, a multi-threaded dask.distributed worker); tree and linear fits run beside them."""
+    if model_entry(kind).family not in THREAD_SAFE_FAMILIES:
         with _TORCH_RNG:
             yield
     else:
         yield
 
 
-def run_fit(
-    task: FitTask, config: SocmapConfig, shared: Shared, threads: int | None, threaded: bool
-) -> FoldFit:
+def run_fit(task: FitTask, config: SocmapConfig, shared: Shared, threads: int | None) -> FoldFit:
     """The task: fit, then write ``fit.json``, ``history.csv``, ``oof.npz`` and last ``result.json``.
 
     Args:
@@ -228,7 +227,6 @@ def run_fit(
         shared: the prepared data.
         threads: torch and tree threads of this fit (None: ``train.threads`` or, on a dask.distributed worker,
             the machine's cores // the worker's threads).
-        threaded: the fit runs on a thread beside others (the threads scheduler).
     """
     threads = threads or config.train.threads or _worker_threads()
     if threads:
@@ -240,7 +238,7 @@ def run_fit(
     if task.workdir.exists():
         shutil.rmtree(task.workdir)  # a stale checkpoint would be resumed
     task.workdir.mkdir(parents=True)
-    with _rng_guard(task.kind, threaded):
+    with _rng_guard(task.kind):
         fit = _fit(task, config, shared.data)
     (task.workdir / CHECKPOINT).unlink(missing_ok=True)
     info = fit.info
@@ -345,7 +343,7 @@ def run_fits(
             for i, task in enumerate(tasks):
                 if before is not None:
                     before(i)
-                on_done(i, run_fit(task, config, shared, threads, False))
+                on_done(i, run_fit(task, config, shared, threads))
         elif scheduler in {"threads", "processes"}:
             _run_local(tasks, config, shared, scheduler, threads, on_done, out)
         else:
@@ -376,13 +374,10 @@ def _run_local(
             reported.add(i)
             on_done(i, result)
 
-    threaded = scheduler == "threads"
     for attempt in (1, 2):
         todo = [i for i in range(len(tasks)) if i not in reported]
         graph = [
-            delayed(run_fit, pure=False)(
-                tasks[i], config, shared, threads, threaded, dask_key_name=f"socmap-cv-{i}"
-            )
+            delayed(run_fit, pure=False)(tasks[i], config, shared, threads, dask_key_name=f"socmap-cv-{i}")
             for i in todo
         ]
         try:
@@ -422,7 +417,6 @@ def _run_distributed(
                 config_future,
                 shared_future,
                 threads,
-                False,
                 key=f"socmap-cv-{run}-{i}",
                 pure=False,
             ): i
