@@ -93,17 +93,29 @@ def test_reference_run_is_a_real_comparison(sequential: CVResult) -> None:
     assert sequential.interval_models == ["qrf", "cnn_lstm"] and sequential.n_resumed == 0
 
 
-@pytest.mark.parametrize("scheduler", ["threads", "processes"])
+@pytest.mark.parametrize("scheduler", ["threads", "processes", "distributed"])
 def test_dask_schedulers_equal_the_sequential_run_bit_for_bit(
     small_synth_dir: Path, prepared: PreparedData, sequential: CVResult, tmp_path: Path, scheduler: str
 ) -> None:
     seen: list[tuple[str, int]] = []
-    result = cross_validate(
-        config(small_synth_dir, **{"cv.scheduler": scheduler}),
-        prepared,
-        tmp_path / "cv",
-        on_fold=lambda kind, k, n, s: seen.append((kind, k)),
-    )
+
+    def run(name: str) -> CVResult:
+        return cross_validate(
+            config(small_synth_dir, **{"cv.scheduler": name}),
+            prepared,
+            tmp_path / "cv",
+            on_fold=lambda kind, k, n, s: seen.append((kind, k)),
+        )
+
+    if scheduler == "distributed":  # one in-process worker with two threads: two fits share a process
+        from distributed import LocalCluster
+
+        with LocalCluster(
+            n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+        ) as cluster:
+            result = run(cluster.scheduler_address)
+    else:
+        result = run(scheduler)
     assert sorted(seen) == sorted((m, k) for m in MODELS for k in range(FOLDS))  # each fit reported once
     assert_same_tables(sequential.out, result.out)
 

@@ -301,11 +301,12 @@ def has_fit(task: FitTask) -> bool:
         return False
 
 
-def _dead_worker_message(n_done: int, n_all: int, out: Path) -> str:
+def _dead_worker_message(n_done: int, n_all: int, out: Path, how: str = "twice") -> str:
+    """The one line for worker processes that died: what may have killed them, what is kept, what to do."""
     return (
-        f"cv: a Dask worker process died twice (killed, or out of memory: fewer workers or smaller models "
-        f"help); {n_done} of {n_all} fits are finished and kept in {out}: run the same command again with "
-        "--resume"
+        f"cv: a Dask worker process died {how} (killed, or out of memory: run without --scheduler to fit one "
+        "model at a time; from a Python script, guard its code with `if __name__ == '__main__':`); "
+        f"{n_done} of {n_all} fits are finished and kept in {out}: run the same command again with --resume"
     )
 
 
@@ -428,9 +429,7 @@ def _run_distributed(
         except KilledWorker:
             client.cancel(list(futures))
             n_done = sum(has_fit(t) for t in tasks)
-            raise OutputError(
-                _dead_worker_message(n_done, len(tasks), out).replace("twice", "repeatedly")
-            ) from None
+            raise OutputError(_dead_worker_message(n_done, len(tasks), out, "repeatedly")) from None
         except BaseException:
             client.cancel(list(futures))
             raise
