@@ -246,3 +246,36 @@ def test_sigkilled_cv_resumes_to_the_same_numbers(
     assert f"resumed {finished} of {3 * FOLDS} fits" in done.stdout
     assert "Traceback" not in done.stdout + done.stderr
     assert_same_tables(sequential.out, out)
+
+
+def test_fingerprint_follows_what_changes_a_fit(small_synth_dir: Path, prepared: PreparedData) -> None:
+    train, test = np.arange(0, 200), np.arange(200, 250)
+
+    def fp(kind: str = "linear", rows: tuple[np.ndarray, np.ndarray] = (train, test), **extra: Any) -> str:
+        return tasks.fit_fingerprint(config(small_synth_dir, **extra), prepared, kind, *rows)
+
+    base = fp()
+    same = {
+        "train.threads": 2,
+        "name": "other",
+        "cv.scheduler": "processes",
+        "cv.folds": 7,
+        "map.year": "2020",
+    }
+    assert all(fp(**{k: v}) == base for k, v in same.items())
+    assert fp(models={"qrf": {"n_estimators": 9}}) == base  # another kind's options
+    assert fp("qrf", models={"qrf": {"n_estimators": 9}}) != fp("qrf")
+    assert fp(**{"train.seed": 1}) != base and fp(**{"train.target_transform": "log"}) != base
+    assert fp("rf") != base and fp(rows=(train[1:], test)) != base and fp(rows=(train, test[:-1])) != base
+
+
+def test_bad_scheduler_is_one_line_naming_the_flag() -> None:
+    from socmap.cli import flag_message
+    from socmap.errors import InputError
+
+    with pytest.raises(InputError) as caught:
+        load_config(None, {"cv.scheduler": "bogus"})
+    assert flag_message(str(caught.value)).endswith(
+        "cv.scheduler: scheduler 'bogus': expected threads, processes or a dask.distributed address such as "
+        "tcp://host:8786 (flag --scheduler)"
+    )
