@@ -86,7 +86,7 @@ class FoldFit:
     """A fit's out-of-fold predictions and report."""
 
     predicted: FloatArray
-    quantiles: FloatArray | None  # [n, 3] at INTERVAL_LEVELS
+    quantiles: NDArray[np.floating[Any]] | None  # [n, 3] at INTERVAL_LEVELS
     seconds: float
     info: FitInfo
     resumed: bool = False
@@ -150,9 +150,7 @@ def fit_fingerprint(
     dumped = config.model_dump(mode="json", exclude={"map", "cv", "uncertainty", "name", "base_dir"})
     for key in ("threads", "wandb_mode", "wandb_project"):
         dumped["train"].pop(key, None)
-    if (
-        model_entry(kind).family in SELF_CONTAINED_FAMILIES
-    ):  # others (blends, kriging) read other kinds' options
+    if model_entry(kind).family in SELF_CONTAINED_FAMILIES:  # blends and kriging read other kinds' options
         dumped["models"] = {kind: dumped["models"].get(kind, {})}
     payload = {
         "config": dumped,
@@ -203,7 +201,7 @@ def _fit(task: FitTask, config: SocmapConfig, data: PreparedData) -> FoldFit:
     seconds = time.perf_counter() - started
     warning = degenerate_warning(data.target[test], point, "its test fold")
     info.warnings.extend([warning] if warning else [])
-    q = None if quantiles is None else np.asarray(quantiles, np.float64)
+    q = None if quantiles is None else np.asarray(quantiles)  # its own dtype, as the tables always had it
     return FoldFit(np.asarray(point, np.float64), q, seconds, info)
 
 
@@ -284,7 +282,7 @@ def load_fit(task: FitTask) -> FoldFit | None:
             return None
         with np.load(task.workdir / PREDICTIONS, allow_pickle=False) as npz:
             predicted = np.asarray(npz["predicted"], np.float64)
-            quantiles = np.asarray(npz["quantiles"], np.float64) if "quantiles" in npz else None
+            quantiles = np.asarray(npz["quantiles"]) if "quantiles" in npz else None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     if predicted.shape != (task.test.size,):
