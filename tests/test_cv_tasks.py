@@ -187,6 +187,9 @@ def test_resume_recomputes_fits_of_another_config(
         f"resuming: {FOLDS} of {2 * FOLDS} fits finished; {FOLDS} made with another config or data are recomputed"
         in lines
     )
+    assert again.warnings[0].endswith(
+        f"{FOLDS} finished fits in {out} were made with another config or data and were recomputed"
+    )
     fresh = cross_validate(changed, prepared, tmp_path / "fresh")
     pd.testing.assert_frame_equal(again.predictions, fresh.predictions, check_exact=True)
     qrf = first.predictions["model"] == "qrf"

@@ -174,11 +174,13 @@ def _run_or_resume(
     resume: bool,
     say: Progress,
     on_fold: FoldHook | None,
-) -> list[FoldFit]:
-    """Each task's fit: read back when ``resume`` finds it finished with the same fingerprint, else computed
-    (in ``cv.scheduler``); ``on_fold`` is called once per fit, resumed ones first."""
+) -> tuple[list[FoldFit], int]:
+    """Each task's fit, and how many finished fits of another config or data were recomputed: read back when
+    ``resume`` finds it finished with the same fingerprint, else computed (in ``cv.scheduler``); ``on_fold``
+    is called once per fit, resumed ones first."""
     n_folds = 1 + max(t.fold for t in tasks)
     fits: dict[int, FoldFit] = {}
+    stale = 0
     if resume:
         fits = {i: fit for i, t in enumerate(tasks) if (fit := load_fit(t)) is not None}
         stale = sum((t.workdir / "result.json").is_file() for i, t in enumerate(tasks) if i not in fits)
@@ -204,7 +206,7 @@ def _run_or_resume(
     if todo and config.cv.scheduler is not None:
         say(f"{len(todo)} fits as Dask tasks ({config.cv.scheduler})")
     run_fits([tasks[i] for i in todo], config, data, config.cv.scheduler, done, out, before)
-    return [fits[i] for i in range(len(tasks))]
+    return [fits[i] for i in range(len(tasks))], stale
 
 
 def _score_models(
@@ -222,12 +224,19 @@ def _score_models(
     ceilings = [known_r2_ceiling(samples_path, data.samples, test) for _, test in folds]
     scored = config.cv.design != "buffered"  # one location per fold: only pooled metrics are meaningful
     tasks = _fit_tasks(config, data, kinds, folds, out)
-    fits = _run_or_resume(config, data, tasks, out, resume, say, on_fold)
+    fits, stale = _run_or_resume(config, data, tasks, out, resume, say, on_fold)
     parts: list[pd.DataFrame] = []
     rows: list[dict[str, Any]] = []
     seconds = dict.fromkeys(kinds, 0.0)
     without_intervals: set[str] = set()
-    warnings: list[str] = []
+    warnings = (
+        [
+            f"--resume: {stale} finished fits in {out} were made with another config or data and were "
+            "recomputed"
+        ]
+        if stale
+        else []
+    )
     for task, fit in zip(tasks, fits, strict=True):
         kind, k = task.kind, task.fold
         table = _prediction_table(data, kind, k, task.test, fit)
