@@ -111,13 +111,31 @@ def test_worker_killed_twice_stops_with_one_line_then_resumes(
     assert_same_cog(reference.out, resumed.out)
 
 
-def test_distributed_reschedules_a_killed_worker(
-    run_dir: Path, reference: MapResult, victim: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("workers", [2, 1])
+def test_distributed_worker_killed(
+    run_dir: Path,
+    reference: MapResult,
+    victim: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    workers: int,
 ) -> None:
+    """Two workers: the cluster reruns the dead worker's block. One worker: the map's scattered job dies with
+    it, so the map stops with one line; ``--resume`` then finishes it. Both give the uninterrupted COG."""
     from distributed import LocalCluster
 
-    monkeypatch.setattr(schedulers, "run_block", killer(victim, tmp_path / "killed-once"))
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        result = map_soc(options(scheduler=cluster.scheduler_address), run_dir, tmp_path / "map.tif")
+    out = tmp_path / "map.tif"
+    with monkeypatch.context() as patch:
+        patch.setattr(schedulers, "run_block", killer(victim, tmp_path / "killed-once"))
+        with LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster:
+            if workers == 2:
+                result = map_soc(options(scheduler=cluster.scheduler_address), run_dir, out)
+            else:
+                with pytest.raises(OutputError) as caught:
+                    map_soc(options(scheduler=cluster.scheduler_address), run_dir, out)
+                assert "\n" not in str(caught.value) and "--resume" in str(caught.value)
+                result = map_soc(options(), run_dir, out, resume=True)
     assert (tmp_path / "killed-once").exists()
     assert_same_cog(reference.out, result.out)

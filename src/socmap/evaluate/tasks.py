@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import CancelledError
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -424,10 +425,13 @@ def _run_distributed(
         try:
             for future in as_completed(futures):
                 on_done(futures[future], future.result())
-        except KilledWorker:
+        except (KilledWorker, CancelledError) as exc:  # a fit killed workers, or every copy of the data died
             client.cancel(list(futures))
             n_done = sum(has_fit(t) for t in tasks)
-            raise OutputError(_dead_worker_message(n_done, len(tasks), out, "repeatedly")) from None
+            how = (
+                "repeatedly" if isinstance(exc, KilledWorker) else "with the cluster's last copy of the data"
+            )
+            raise OutputError(_dead_worker_message(n_done, len(tasks), out, how)) from None
         except BaseException:
             client.cancel(list(futures))
             raise

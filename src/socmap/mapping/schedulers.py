@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from concurrent.futures import CancelledError
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,7 +129,8 @@ def run_distributed(job: MapJob, todo: list[Block], scheduler: str | Client, pro
     """The blocks as tasks on a dask.distributed cluster; every worker writes its own block files.
 
     The cluster reruns the blocks of a worker that dies; a block that kills workers
-    ``distributed.scheduler.allowed-failures`` times stops the map with one line (finished blocks are kept).
+    ``distributed.scheduler.allowed-failures`` times, or the death of every worker that held the scattered
+    job, stops the map with one line (finished blocks are kept for ``--resume``).
 
     Args:
         job: the map's job.
@@ -152,6 +154,9 @@ def run_distributed(job: MapJob, todo: list[Block], scheduler: str | Client, pro
         except KilledWorker:  # the cluster reschedules a dead worker's blocks, up to distributed's limit
             client.cancel(list(futures))
             raise _dead_worker(job, todo, "on the same block repeatedly") from None
+        except CancelledError:  # every worker that held the scattered job died: its blocks cannot run
+            client.cancel(list(futures))
+            raise _dead_worker(job, todo, "with the cluster's last copy of the map's job") from None
         except BaseException:
             client.cancel(list(futures))
             raise
