@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,9 @@ import pandas as pd
 from socmap.config import SocmapConfig, load_config
 from socmap.evaluate import cross_validate, select_model
 from socmap.metrics import regression_metrics
-from socmap.predict import load_members, predict_table
-from socmap.train import train
+from socmap.models.base import FitData, predict_located
+from socmap.models.registry import create_model
+from socmap.predict import INTERVAL_LEVELS
 from socmap.windows import PreparedData, prepare
 
 from common import Row
@@ -36,7 +38,7 @@ PUBLISHED = pd.DataFrame(
 )
 # Deep models run with socmap's defaults (the schedule follows the data size, see socmap.models.schedule).
 # The published-split fits score points only: no interval calibration (cv calibrates out of fold anyway).
-DEEP = {"train.num_runs": 1, "train.wandb_mode": "disabled", "uncertainty.calibration_folds": 0}
+DEEP = {"train.wandb_mode": "disabled", "uncertainty.calibration_folds": 0}
 DEEP_MODELS = ["cnn_lstm", "transformer", "cnn3d"]
 SCHEDULER = "processes"  # cv's (model, fold) fits on two worker processes (issue 17; bench_cv.py times it)
 MODELS = [*DEEP_MODELS, "rf", "qrf", "xgb", "linear"]
@@ -45,14 +47,32 @@ MODELS = [*DEEP_MODELS, "rf", "qrf", "xgb", "linear"]
 def _fit_predict(
     name: str, config: SocmapConfig, train_data: PreparedData, test: PreparedData, work: Path
 ) -> np.ndarray:
-    """Fit ``train.num_runs`` models of kind ``name`` on dat_train (deep models hold out their early-stopping
-    split; the others fit on all of it) and predict dat_test with their mean."""
-    deep = name in DEEP_MODELS
-    cfg = config.model_copy(
-        update={"train": config.train.model_copy(update={"model": name, "use_validation": deep})}
+    """Fit one model of kind ``name`` on ALL of dat_train through the model interface, as ``socmap cv`` fits a
+    fold (a deep model carves its own early-stopping rows from them; ``socmap train`` would also hold out a
+    test set, which dat_test already is), and predict dat_test."""
+    workdir = work / name
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    model = create_model(name, config)
+    rows = np.arange(len(train_data.target))
+    fit_data = FitData(
+        train_data.windows,
+        train_data.target,
+        rows,
+        np.empty(0, np.int64),
+        train_data.meta.input_spec(),
+        train_data.coords,
+        train_data.sigma(),
+        config.train.seed,
+        workdir,
+        xy=train_data.xy,
     )
-    result = train(cfg, work / name, prepared=train_data.path, overwrite=True)
-    return predict_table(load_members(result.out, test.bands), np.asarray(test.windows))["predicted"]
+    info = model.fit(fit_data)
+    for warning in info.warnings:
+        print(f"warning: {name}: {warning}")
+    point, _ = predict_located(model, np.asarray(test.windows), test.xy, INTERVAL_LEVELS)
+    return np.asarray(point, np.float64)
 
 
 def _cv(config: SocmapConfig, design: str, folds: int) -> SocmapConfig:

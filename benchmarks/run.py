@@ -25,6 +25,7 @@ import bench_realdata
 import bench_scaling
 import bench_synth
 import bench_training
+import bench_years
 
 from common import Row, print_table
 
@@ -36,6 +37,7 @@ SUITES = {
     "scaling": bench_scaling.run,
     "cpu-options": bench_cpu_options.run,
     "realdata": bench_realdata.run,
+    "years": bench_years.run,
     "cv": bench_cv.run,
 }
 

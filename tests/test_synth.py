@@ -276,3 +276,22 @@ def test_refuses_existing_output_and_leaves_nothing_on_failure(tmp_path: Path, m
     with pytest.raises(OSError, match="disk full"):
         synth.synthesize(tmp_path / "new", resolution=4000.0, n_locations=100)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]  # no partial folder, no temp left
+
+
+def test_a_users_own_truth_csv_is_not_read_as_the_known_ceiling(tmp_path: Path) -> None:
+    """Only synthesize()'s truth.csv (with its truth.json) gives a ceiling; a user's file of that name is ignored."""
+    samples = pd.DataFrame(
+        {"sample_id": ["a", "b", "c"], "year": [2010, 2011, 2012], "target": [1.0, 2.0, 3.0]}
+    )
+    (tmp_path / "samples.csv").write_text("x\n")
+    pd.DataFrame({"site": ["a", "b"], "value": [1, 2]}).to_csv(tmp_path / "truth.csv", index=False)
+    rows = np.arange(3)
+    assert synth.known_r2_ceiling(tmp_path / "samples.csv", samples, rows) is None
+    truth = pd.DataFrame(
+        {"POINTID": ["a", "b", "c"], "year": [2010, 2011, 2012], "OC_truth": [1.0, 2.5, 3.0]}
+    )
+    truth.to_csv(tmp_path / "truth.csv", index=False)
+    assert synth.known_r2_ceiling(tmp_path / "samples.csv", samples, rows) is None  # no truth.json beside it
+    (tmp_path / "truth.json").write_text("{}")
+    expected = 1 - 0.25 / 2.0  # SSE (0.5²) over SST (2) of the targets
+    assert synth.known_r2_ceiling(tmp_path / "samples.csv", samples, rows) == pytest.approx(expected)

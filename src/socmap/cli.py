@@ -372,6 +372,14 @@ def map_(
             "--year", help="Time label to map: its covariates and the T-1 before it (not for static stacks)."
         ),
     ] = None,
+    years: Annotated[
+        str | None,
+        typer.Option(
+            "--years",
+            help="Several years in one pass, FIRST:LAST or a list (2010,2015): OUT's stem + _<year>.tif each, "
+            "and a CF NetCDF cube OUT's stem + .nc.",
+        ),
+    ] = None,
     region: Annotated[
         Path | None,
         typer.Option(
@@ -431,6 +439,16 @@ def map_(
         "map.scheduler": scheduler,
     }
     options = RunFolder(run).load_config({k: v for k, v in overrides.items() if v is not None}).map
+    if years is not None:
+        from socmap.cli_time import print_years
+        from socmap.mapping.years import parse_years
+
+        if year is not None:
+            raise InputError("--year and --years: give one of them")
+        year_list = parse_years(years)
+        with _pixel_progress(f"map {years}") as on_progress:
+            print_years(options, year_list, run, out, resume, overwrite, on_progress, _warn)
+        return
     with _pixel_progress(f"map {options.year or ''}".strip()) as on_progress:
         result = map_soc(
             options, run, out, resume=resume, overwrite=overwrite, progress=on_progress, on_warning=_warn
@@ -711,11 +729,21 @@ def report(
     cv_dir: Annotated[
         Path | None, typer.Option("--cv", help="A socmap cv output folder (default: RUN_DIR/cv if present).")
     ] = None,
+    cube: Annotated[
+        Path | None,
+        typer.Option("--cube", help="A time cube (.nc) of socmap map --years: time-series section."),
+    ] = None,
+    change: Annotated[
+        Path | None, typer.Option("--change", help="A COG of socmap change: change section.")
+    ] = None,
+    stock: Annotated[
+        Path | None, typer.Option("--stock", help="A COG of socmap stock (and its totals): stock section.")
+    ] = None,
 ) -> None:
     """Write one self-contained HTML report of a run: data, split, curves, metrics, comparison, map, config."""
     from socmap.report import build_report
 
-    path = build_report(run_dir, out, map_path=map_path, cv_dir=cv_dir)
+    path = build_report(run_dir, out, map_path=map_path, cv_dir=cv_dir, cube=cube, change=change, stock=stock)
     typer.echo(f"wrote {path}")
 
 
@@ -786,6 +814,16 @@ def demo(
         f"held-out test R² {best['r2']:.3f}{ceiling_text}, RMSE {best['rmse']:.3g} {s.target.unit} ({what})"
     )
 
+
+def _register_time_commands() -> None:
+    """``socmap change`` and ``socmap stock`` (beyond one year; :mod:`socmap.cli_time`)."""
+    from socmap.cli_time import change, stock
+
+    app.command()(change)
+    app.command()(stock)
+
+
+_register_time_commands()
 
 # library errors name config keys; the CLI adds the flag that sets each key
 FLAGS = {

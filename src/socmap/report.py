@@ -454,6 +454,9 @@ def build_report(
     out: str | Path | None = None,
     map_path: str | Path | None = None,
     cv_dir: str | Path | None = None,
+    cube: str | Path | None = None,
+    change: str | Path | None = None,
+    stock: str | Path | None = None,
 ) -> Path:
     """Write ``run_dir/report.html`` (or ``out``) and return its path.
 
@@ -462,6 +465,8 @@ def build_report(
         out: the HTML file (default ``run_dir/report.html``).
         map_path: a COG written by ``socmap map`` (its PNGs are embedded).
         cv_dir: a ``socmap cv`` folder (default ``run_dir/cv`` if present).
+        cube, change, stock: outputs of ``socmap map --years``, ``socmap change`` and ``socmap stock``: each
+            adds its section (:mod:`socmap.report_time`).
     """
     ctx = _load_context(Path(run_dir))
     cv = Path(cv_dir) if cv_dir is not None else ctx.run.cv_dir
@@ -483,9 +488,31 @@ def build_report(
         f'<section id="{title.lower().replace(" ", "-")}"><h2>{html.escape(title)}</h2>{body}</section>'
         for title, body in zip(SECTIONS, bodies, strict=True)
     ]
+    extra = _time_sections(ctx, cube, change, stock)
+    parts[-1:-1] = [f'<section id="{_anchor(t)}"><h2>{html.escape(t)}</h2>{b}</section>' for t, b in extra]
     target = Path(out) if out is not None else ctx.run.report_file
-    write_text(target, _page(ctx.summary, parts))
+    write_text(target, _page(ctx.summary, parts, [t for t, _ in extra]))
     return target
+
+
+def _anchor(title: str) -> str:
+    return title.lower().replace(" ", "-")
+
+
+def _time_sections(
+    ctx: _Context, cube: str | Path | None, change: str | Path | None, stock: str | Path | None
+) -> list[tuple[str, str]]:
+    """(title, body) of the time-series, change and stock sections whose outputs were given."""
+    from socmap.report_time import change_section, stock_section, time_series_section
+
+    found = []
+    if cube is not None:
+        found.append(("Time series", time_series_section(Path(cube), ctx.target, ctx.unit)))
+    if change is not None:
+        found.append(("Change", change_section(Path(change))))
+    if stock is not None:
+        found.append(("Stock", stock_section(Path(stock))))
+    return found
 
 
 def _region_outline(ctx: _Context) -> tuple[tuple[Any, Any] | None, str]:
@@ -521,7 +548,7 @@ def _rings(geom: Any) -> tuple[Any, Any]:
     return np.array(xs), np.array(ys)
 
 
-def _page(summary: RunSummary, parts: list[str]) -> str:
+def _page(summary: RunSummary, parts: list[str], extra: list[str] | None = None) -> str:
     score = summary.mean_of_runs or summary.best.headline
     best = score.metrics
     what = (
@@ -530,7 +557,8 @@ def _page(summary: RunSummary, parts: list[str]) -> str:
         else f"run {summary.best_run}"
     )
     title = f"socmap report: {summary.name}"
-    nav = " | ".join(f'<a href="#{s.lower().replace(" ", "-")}">{s}</a>' for s in SECTIONS)
+    titles = [*SECTIONS[:-1], *(extra or []), SECTIONS[-1]]
+    nav = " | ".join(f'<a href="#{_anchor(s)}">{s}</a>' for s in titles)
     style = (
         "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
         "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"

@@ -758,9 +758,12 @@ def known_r2_ceiling(samples_path: Path, samples: pd.DataFrame, rows: NDArray[np
     from socmap.metrics import regression_metrics
 
     truth_path = Path(samples_path).parent / "truth.csv"
-    if not truth_path.is_file() or np.asarray(rows).size < 2:
+    marker = truth_path.with_suffix(".json")  # written with truth.csv: a user's own truth.csv is not ours
+    if not (truth_path.is_file() and marker.is_file()) or np.asarray(rows).size < 2:
         return None
     truth = pd.read_csv(truth_path, dtype={"POINTID": str})
+    if not {"POINTID", "year", "OC_truth"} <= set(truth.columns) or "year" not in samples.columns:
+        return None
     chosen = samples.iloc[np.asarray(rows)]
     merged = chosen.merge(
         truth, left_on=["sample_id", "year"], right_on=["POINTID", "year"], how="left", validate="one_to_one"

@@ -7,8 +7,8 @@ model as JSON (a log transform saved before the z-score existed has mean 0, sd 1
 
 ``inverse`` maps any quantile exactly (the transforms are monotone), so a back-transformed mean on the log scale
 is the MEDIAN on the original scale. ``inverse_mean`` gives the mean: Duan's (1983) smearing estimate
-``E[y] = exp(m + s z) * mean(exp(s * residual)) - 1`` with the factor fitted by :meth:`fit_smearing` on
-residuals the model did not train on (e.g. its early-stopping rows), or the lognormal correction
+``E[y] = exp(m + s z) * mean(exp(s * (residual - mean residual))) - 1`` with the factor fitted by
+:meth:`fit_smearing` on residuals the model did not train on (e.g. its early-stopping rows), or the lognormal correction
 ``exp(mu + var / 2)`` for a model that predicts a log-scale variance.
 """
 
@@ -57,12 +57,17 @@ class TargetTransform:
 
     def fit_smearing(self, z_true: NDArray[np.float64], z_pred: NDArray[np.float64]) -> TargetTransform:
         """Duan's smearing factor of a log transform from transformed-scale targets and predictions of rows the
-        model did not fit on (no-op for other transforms or without rows)."""
+        model did not fit on (no-op for other transforms or without rows).
+
+        The residuals are centred first. Duan's estimate assumes mean-zero residuals (true in-sample for least
+        squares); held-out rows, such as a spatial block of early-stopping rows, carry that block's own level
+        error. Keeping it would move every prediction by one region's bias instead of correcting the Jensen gap.
+        """
         if self.name != "log" or len(z_true) == 0:
             return self
         _, std = self._affine()
         residual = std * (np.asarray(z_true, np.float64) - np.asarray(z_pred, np.float64))
-        self.params["smearing"] = float(np.mean(np.exp(residual)))
+        self.params["smearing"] = float(np.mean(np.exp(residual - residual.mean())))
         return self
 
     def forward(self, y: NDArray[np.float64]) -> NDArray[np.float64]:

@@ -38,6 +38,7 @@ from socmap.uncertainty.runcal import RunUncertainty
 from socmap.windows import window_offsets
 
 __all__ = [
+    "InputReader",
     "compute_block",
     "job_members",
     "pixel_centres",
@@ -49,6 +50,7 @@ __all__ = [
 ]
 
 PixelCallback = Callable[[int], None]
+InputReader = Callable[[RasterStack, Sequence[str | None], int, int, int, int, int], NDArray[np.float32]]
 
 
 def job_members(job: MapJob) -> list[SocModel]:
@@ -161,6 +163,7 @@ def compute_block(
     block: Block,
     members: Sequence[SocModel] | None = None,
     on_pixels: PixelCallback | None = None,
+    read: InputReader = read_inputs,
 ) -> NDArray[np.float32]:
     """[8, rows, cols] float32 (NaN = nodata) for one block; ``on_pixels`` gets each batch's pixel count.
 
@@ -169,6 +172,7 @@ def compute_block(
         block: the tile to compute.
         members: the models (default: :func:`job_members`).
         on_pixels: progress callback, called in this thread.
+        read: reads the inputs (default :func:`read_inputs`; a multi-year map slices one shared read).
     """
     members = members if members is not None else job_members(job)
     h, w = block.shape
@@ -180,7 +184,7 @@ def compute_block(
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     r_lo, r_hi, c_lo, c_hi = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
     r0, c0 = block.row0, block.col0
-    data = read_inputs(job.stack, job.labels, job.size, r0 + r_lo, r0 + r_hi, c0 + c_lo, c0 + c_hi)
+    data = read(job.stack, job.labels, job.size, r0 + r_lo, r0 + r_hi, c0 + c_lo, c0 + c_hi)
     channels = job.stack.data_channels  # generated coordinates never count as data
     observed = data if len(channels) == data.shape[0] else data[channels]
     valid = mask[r_lo:r_hi, c_lo:c_hi] & valid_pixels(observed, job.size, job.min_valid_fraction)
