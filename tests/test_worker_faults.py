@@ -4,6 +4,7 @@ uninterrupted map's, byte for byte in every band."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 from pathlib import Path
@@ -139,3 +140,33 @@ def test_distributed_worker_killed(
                 result = map_soc(options(), run_dir, out, resume=True)
     assert (tmp_path / "killed-once").exists()
     assert_same_cog(reference.out, result.out)
+
+
+def test_multi_year_map_with_a_killed_worker_stops_with_one_line_then_resumes(
+    run_dir: Path, victim: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`map --years` on processes: a dead worker stops the map with one line; `--resume` finishes it to the
+    COGs of an uninterrupted multi-year map."""
+    import socmap.mapping.years as years
+    from socmap.mapping.years import map_years
+
+    yrs = ["2022", "2023"]
+    reference = map_years(options(), yrs, run_dir, tmp_path / "ref" / "soc.tif")
+    real = years.run_years_block
+
+    def kill(jobs: Any, block: Block, *args: Any) -> Any:
+        if block.name == victim:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return importlib.import_module("socmap.mapping.years").run_years_block(jobs, block, *args)
+
+    out = tmp_path / "run" / "soc.tif"
+    with monkeypatch.context() as patch:
+        patch.setattr(years, "run_years_block", kill)
+        with pytest.raises(OutputError) as caught:
+            map_years(options(scheduler="processes"), yrs, run_dir, out)
+    assert years.run_years_block is real
+    message = str(caught.value)
+    assert "\n" not in message and "worker process died" in message and "--resume" in message
+    resumed = map_years(options(), yrs, run_dir, out, resume=True)
+    for year in yrs:
+        assert_same_cog(reference.outs[year], resumed.outs[year])

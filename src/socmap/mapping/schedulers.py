@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PixelProgress",
     "ProgressCallback",
+    "dead_worker",
     "run_blocks",
     "run_dask_local",
     "run_distributed",
@@ -74,15 +75,24 @@ def run_in_process(job: MapJob, todo: list[Block], progress: PixelProgress) -> N
         progress.block_done(block)
 
 
+def dead_worker(how: str, kept: str) -> OutputError:
+    """The one line for a Dask worker process that died mid-block: what may have killed it, what is kept
+    (``kept``), and that ``--resume`` continues.
+
+    Args:
+        how: e.g. ``twice`` (or empty).
+        kept: e.g. ``3 of 9 blocks are finished and kept in X.blocks``.
+    """
+    return OutputError(
+        f"map: a Dask worker process died{' ' + how if how else ''} (killed, or out of memory: try a smaller "
+        f"--block-size or --batch-size); {kept}: run the same command again with --resume"
+    )
+
+
 def _dead_worker(job: MapJob, todo: list[Block], how: str) -> OutputError:
-    """The one line for a worker that died mid-block: finished blocks are kept, ``--resume`` continues."""
     blocks_dir = Path(job.blocks_dir)
     done = sum((blocks_dir / b.name).is_file() for b in todo)
-    return OutputError(
-        f"map: a Dask worker process died {how} (killed, or out of memory: try a smaller --block-size or "
-        f"--batch-size); {done} of {len(todo)} blocks are finished and kept in {blocks_dir}: run the same "
-        "command again with --resume"
-    )
+    return dead_worker(how, f"{done} of {len(todo)} blocks are finished and kept in {blocks_dir}")
 
 
 def run_dask_local(job: MapJob, todo: list[Block], scheduler: str, progress: PixelProgress) -> None:
