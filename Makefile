@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 DEMO_OUT ?= demo-output
 STAMP := $(VENV)/.socmap-installed
 
-.PHONY: venv demo test lint bench bench-realdata clean
+.PHONY: venv demo test lint bench bench-realdata bench-cv clean
 
 venv: $(STAMP)
 
@@ -40,6 +40,10 @@ bench: venv
 # real-data benchmarks (Macedonia vs the FAO cookbook, Edgeroi); need ../shared/data; ~10-15 min
 bench-realdata: venv
 	WANDB_MODE=disabled $(PY) benchmarks/run.py --only realdata
+
+# cv sequential vs 2 worker processes (Edgeroi when ../shared/data is present, else synthetic)
+bench-cv: venv
+	WANDB_MODE=disabled $(PY) benchmarks/run.py --only cv
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .mypy_cache .ruff_cache

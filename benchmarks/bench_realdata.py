@@ -40,6 +40,7 @@ PUBLISHED = pd.DataFrame(
 # The published-split fits score points only: no interval calibration (cv calibrates out of fold anyway).
 DEEP = {"train.wandb_mode": "disabled", "uncertainty.calibration_folds": 0}
 DEEP_MODELS = ["cnn_lstm", "transformer", "cnn3d"]
+SCHEDULER = "processes"  # cv's (model, fold) fits on two worker processes (issue 17; bench_cv.py times it)
 MODELS = [*DEEP_MODELS, "rf", "qrf", "xgb", "linear"]
 
 
@@ -76,7 +77,11 @@ def _fit_predict(
 
 def _cv(config: SocmapConfig, design: str, folds: int) -> SocmapConfig:
     return config.model_copy(
-        update={"cv": config.cv.model_copy(update={"design": design, "folds": folds, "models": MODELS})}
+        update={
+            "cv": config.cv.model_copy(
+                update={"design": design, "folds": folds, "models": MODELS, "scheduler": SCHEDULER}
+            )
+        }
     )
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_cpu_options
+import bench_cv
 import bench_extraction
 import bench_mapping
 import bench_realdata
@@ -37,6 +38,7 @@ SUITES = {
     "cpu-options": bench_cpu_options.run,
     "realdata": bench_realdata.run,
     "years": bench_years.run,
+    "cv": bench_cv.run,
 }
 
 

@@ -98,11 +98,12 @@ def test_an_untrained_network_is_reported() -> None:
 
 
 def test_cv_reports_a_degenerate_fold(tmp_path: Path) -> None:
-    from socmap.evaluate.stage import CVResult, _fit_fold  # the fold fit that cv runs
+    from socmap.evaluate.stage import CVResult
+    from socmap.evaluate.tasks import FitTask, _fit  # the fold fit that cv runs
 
     data = _data(120)
 
-    class Prepared:  # the two attributes _fit_fold reads besides windows/target
+    class Prepared:  # the two attributes _fit reads besides windows/target
         windows, target, coords, xy = data.windows, data.target, data.coords, np.zeros((120, 2))
 
         class meta:
@@ -117,8 +118,9 @@ def test_cv_reports_a_degenerate_fold(tmp_path: Path) -> None:
     config = SocmapConfig.model_validate(
         {"train": {**FAST, "lr": 1e-12, "max_steps": 20, "min_steps": 10}, "split": {"method": "random"}}
     )
-    fold = (np.arange(100), np.arange(100, 120))
-    fit = _fit_fold("cnn_lstm", config, Prepared, fold, 0, tmp_path / "f")  # type: ignore[arg-type]
+    (tmp_path / "f").mkdir()
+    task = FitTask("cnn_lstm", 0, np.arange(100), np.arange(100, 120), tmp_path / "f", "")
+    fit = _fit(task, config, Prepared)  # type: ignore[arg-type]
     assert any("degenerate model on its test fold" in w for w in fit.info.warnings)
     assert "warnings" in CVResult.__dataclass_fields__
 

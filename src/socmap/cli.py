@@ -602,6 +602,21 @@ def cv(
             help="Name the model with the best pooled R² and write OUT/selected.yaml for `socmap train`.",
         ),
     ] = False,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            help="Run the (model, fold) fits as Dask tasks: threads, processes (one fit per core), or a "
+            "dask.distributed address tcp://host:port (workers must see the same files); default: one after "
+            "another in this process. Same results either way."
+        ),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Keep the fits an interrupted cv finished (same config and data); compute the rest.",
+        ),
+    ] = False,
     sets: SetOption = None,
     overwrite: OverwriteOption = False,
 ) -> None:
@@ -620,6 +635,7 @@ def cv(
         "cv.seed": seed,
         "train.epochs": epochs,
         "train.threads": n_jobs,
+        "cv.scheduler": scheduler,
     }
     cfg = _load(config, sets, extra)
     if trees is not None:
@@ -632,7 +648,9 @@ def cv(
             progress=status.update,
         )
     with _fold_progress(len(cfg.cv.models)) as on_fold:
-        result = cross_validate(cfg, data, out, overwrite=overwrite, on_fold=on_fold)
+        result = cross_validate(cfg, data, out, overwrite=overwrite, on_fold=on_fold, resume=resume)
+    if result.n_resumed:
+        typer.echo(f"resumed {result.n_resumed} of {len(result.per_fold)} fits from the interrupted run")
     _print_cv(result, len(data.samples))
     if select:
         chosen = select_model(out)
@@ -820,6 +838,7 @@ FLAGS = {
     "cv.design": "--cv",
     "cv.folds": "--folds",
     "cv.seed": "--seed",
+    "cv.scheduler": "--scheduler",
     "train.model": "--model",
     "split.val_ratio": "--target-val-ratio",
     "split.distance_km": "--distance-threshold",

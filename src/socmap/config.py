@@ -328,6 +328,16 @@ class TrainConfig(_Section):
     wandb_project: str = Field("socmap", description="Weights & Biases project.")
 
 
+def check_scheduler(value: str | None) -> str | None:
+    """A Dask scheduler name: None, ``threads``, ``processes`` or a dask.distributed address."""
+    if value is not None and value not in {"threads", "processes"} and "://" not in value:
+        raise ValueError(
+            f"scheduler {value!r}: expected threads, processes or a dask.distributed address such as "
+            "tcp://host:8786"
+        )
+    return value
+
+
 class MapConfig(_Section):
     """`socmap map` settings (its flags override these)."""
 
@@ -365,12 +375,7 @@ class MapConfig(_Section):
     @field_validator("scheduler")
     @classmethod
     def _check_scheduler(cls, value: str | None) -> str | None:
-        if value is not None and value not in {"threads", "processes"} and "://" not in value:
-            raise ValueError(
-                f"scheduler {value!r}: expected threads, processes or a dask.distributed address such as "
-                "tcp://host:8786"
-            )
-        return value
+        return check_scheduler(value)
 
 
 CV_DESIGNS = ("spatial-block", "buffered", "random", "distance-split", "knndm")
@@ -424,6 +429,16 @@ class CVConfig(_Section):
         ["cnn_lstm", "rf", "qrf", "xgb"], description="Model kinds compared on identical folds."
     )
     seed: int | None = Field(None, description="Seed of the folds; None: split.seed.")
+    scheduler: str | None = Field(
+        None,
+        description="Where the (model, fold) fits run: None (this process, one after another), threads, "
+        "processes (Dask, one fit per core) or a dask.distributed address tcp://...; same results.",
+    )
+
+    @field_validator("scheduler")
+    @classmethod
+    def _check_scheduler(cls, value: str | None) -> str | None:
+        return check_scheduler(value)
 
     @field_validator("models")
     @classmethod

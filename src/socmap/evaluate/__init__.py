@@ -18,7 +18,11 @@ fold, one row per model and test sample; q05/q95 for models with intervals), ``m
 ``metrics_summary.csv`` (mean, std, min, max over folds and the pooled value; written last), ``metrics.md``,
 ``comparison.png``, ``cv.json`` (fold design and splitter parameters, models, wall time per model, known R²
 ceiling), ``config.yaml`` and ``models/<kind>/fold_<k>/`` (each fit's work folder: ``fit.json``,
-``history.csv`` of iterative models). :func:`select_model` adds ``selected.yaml``.
+``history.csv`` of iterative models, ``oof.npz`` and ``result.json``: the finished fit that ``resume`` reuses).
+:func:`select_model` adds ``selected.yaml``.
+
+Each (kind, fold) fit is a task (:mod:`socmap.evaluate.tasks`): ``cv.scheduler`` runs them in this process, on
+Dask's local threads or processes, or on a dask.distributed cluster, with the same tables.
 """
 
 from __future__ import annotations

@@ -6,8 +6,6 @@ The stage knows no model kind: each goes through :func:`socmap.models.create_mod
 
 from __future__ import annotations
 
-import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,16 +29,14 @@ from socmap.evaluate.intervals import (
     plot_calibration,
 )
 from socmap.evaluate.tables import fold_metrics, markdown_report, plot_comparison, summarize
-from socmap.models import FitData, FitInfo, available_models, create_model, predict_located, read_rows
-from socmap.models.checks import degenerate_warning
+from socmap.evaluate.tasks import INTERVAL_LEVELS, FitTask, FoldFit, fit_fingerprint, load_fit, run_fits
+from socmap.models import available_models, create_model
 from socmap.synth import known_r2_ceiling
 from socmap.windows import PreparedData
 
 __all__ = ["INTERVAL_LEVELS", "SUMMARY_FILE", "CVResult", "FoldHook", "check_models", "cross_validate"]
 
-INTERVAL_LEVELS = (0.05, 0.5, 0.95)  # q05..q95: the nominal 90 % interval
 SUMMARY_FILE = "metrics_summary.csv"  # written last: marks a finished cross-validation
-CHECKPOINT = "checkpoint.pt"  # an iterative model's resume file, not needed once the fold's model is fitted
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 Progress = Callable[[str], None]
@@ -69,6 +65,7 @@ class CVResult:
         aoa_errors: ``aoa_errors.csv`` (OOF error inside / outside the area of applicability), or None.
         aoa_threshold: the AOA threshold of the cross-validated DI, or None (``uncertainty.aoa`` false).
         warnings: degenerate-model and under-training warnings of the fits, "kind, fold k: ...".
+        n_resumed: (kind, fold) fits read back from an interrupted run (``resume``) instead of computed.
     """
 
     out: Path
@@ -87,19 +84,12 @@ class CVResult:
     aoa_errors: pd.DataFrame | None = None
     aoa_threshold: float | None = None
     warnings: list[str] = field(default_factory=list)
+    n_resumed: int = 0
 
     @property
     def cv(self) -> str:
         """The design's name (``cv.design``)."""
         return self.fold_design.design
-
-
-@dataclass
-class _FoldFit:
-    predicted: FloatArray
-    quantiles: FloatArray | None  # [n, 3] at INTERVAL_LEVELS
-    seconds: float
-    info: FitInfo
 
 
 def check_models(config: SocmapConfig) -> list[str]:
@@ -129,47 +119,7 @@ def _open_output(out: Path, overwrite: bool) -> None:
     check_output_dir(out, overwrite=True)
 
 
-def _fit_fold(
-    kind: str, config: SocmapConfig, data: PreparedData, fold: Fold, k: int, workdir: Path
-) -> _FoldFit:
-    """Fit a fresh model of ``kind`` on the fold's training rows only and predict its test rows."""
-    train, test = fold
-    started = time.perf_counter()
-    if workdir.exists():
-        shutil.rmtree(workdir)  # a stale checkpoint would be resumed
-    workdir.mkdir(parents=True)
-    model = create_model(kind, config)
-    model.model_id = f"{config.name}-{kind}-cv-fold{k}"
-    fit_data = FitData(
-        data.windows,
-        data.target,
-        train,
-        np.empty(0, np.int64),  # an early-stopping model carves its own rows from `train`
-        data.meta.input_spec(),
-        data.coords,
-        data.sigma(),
-        config.train.seed,
-        workdir,
-        xy=data.xy,
-    )
-    info = model.fit(fit_data)
-    point, quantiles = predict_located(model, read_rows(data.windows, test), data.xy[test], INTERVAL_LEVELS)
-    if quantiles is not None and np.shape(quantiles) != (test.size, len(INTERVAL_LEVELS)):
-        raise InputError(
-            f"model {kind!r} gave quantiles of shape {np.shape(quantiles)}, expected ({test.size}, 3)"
-        )
-    seconds = time.perf_counter() - started
-    warning = degenerate_warning(data.target[test], point, "its test fold")
-    info.warnings.extend([warning] if warning else [])
-    (workdir / CHECKPOINT).unlink(missing_ok=True)
-    write_json(workdir / "fit.json", {"kind": kind, "fold": k, "n_train": int(train.size), **info.to_json()})
-    if info.history:
-        with atomic_file(workdir / "history.csv") as tmp:
-            pd.DataFrame(info.history).to_csv(tmp, index=False)
-    return _FoldFit(np.asarray(point, np.float64), quantiles, seconds, info)
-
-
-def _prediction_table(data: PreparedData, kind: str, k: int, test: IntArray, fit: _FoldFit) -> pd.DataFrame:
+def _prediction_table(data: PreparedData, kind: str, k: int, test: IntArray, fit: FoldFit) -> pd.DataFrame:
     q = fit.quantiles
     nan = np.full(test.size, np.nan)
     return pd.DataFrame(
@@ -194,6 +144,69 @@ class _Scores:
     interval_models: list[str]
     seconds: dict[str, float]
     warnings: list[str]
+    n_resumed: int = 0
+
+
+def _fit_tasks(
+    config: SocmapConfig, data: PreparedData, kinds: list[str], folds: list[Fold], out: Path
+) -> list[FitTask]:
+    """Every (kind, fold) fit, kinds in ``cv.models`` order, folds in order: the order results are assembled
+    in, whatever order they ran in."""
+    return [
+        FitTask(
+            kind,
+            k,
+            train,
+            test,
+            out / "models" / kind / f"fold_{k:02d}",
+            fit_fingerprint(config, data, kind, train, test),
+        )
+        for kind in kinds
+        for k, (train, test) in enumerate(folds)
+    ]
+
+
+def _run_or_resume(
+    config: SocmapConfig,
+    data: PreparedData,
+    tasks: list[FitTask],
+    out: Path,
+    resume: bool,
+    say: Progress,
+    on_fold: FoldHook | None,
+) -> tuple[list[FoldFit], int]:
+    """Each task's fit, and how many finished fits of another config or data were recomputed: read back when
+    ``resume`` finds it finished with the same fingerprint, else computed (in ``cv.scheduler``); ``on_fold``
+    is called once per fit, resumed ones first."""
+    n_folds = 1 + max(t.fold for t in tasks)
+    fits: dict[int, FoldFit] = {}
+    stale = 0
+    if resume:
+        fits = {i: fit for i, t in enumerate(tasks) if (fit := load_fit(t)) is not None}
+        stale = sum((t.workdir / "result.json").is_file() for i, t in enumerate(tasks) if i not in fits)
+        note = f"; {stale} made with another config or data are recomputed" if stale else ""
+        say(f"resuming: {len(fits)} of {len(tasks)} fits finished{note}")
+    for i in sorted(fits):
+        if on_fold is not None:
+            on_fold(tasks[i].kind, tasks[i].fold, n_folds, fits[i].seconds)
+    todo = [i for i in range(len(tasks)) if i not in fits]
+
+    def done(j: int, fit: FoldFit) -> None:
+        task = tasks[todo[j]]
+        fits[todo[j]] = fit
+        if on_fold is not None:
+            on_fold(task.kind, task.fold, n_folds, fit.seconds)
+
+    def before(j: int) -> None:
+        task = tasks[todo[j]]
+        say(
+            f"{task.kind}: fold {task.fold + 1}/{n_folds} ({task.train.size} training, {task.test.size} test samples)"
+        )
+
+    if todo and config.cv.scheduler is not None:
+        say(f"{len(todo)} fits as Dask tasks ({config.cv.scheduler})")
+    run_fits([tasks[i] for i in todo], config, data, config.cv.scheduler, done, out, before)
+    return [fits[i] for i in range(len(tasks))], stale
 
 
 def _score_models(
@@ -204,35 +217,42 @@ def _score_models(
     out: Path,
     say: Progress,
     on_fold: FoldHook | None = None,
+    resume: bool = False,
 ) -> _Scores:
-    """Every kind on every fold: out-of-fold predictions and per-fold metrics."""
+    """Every kind on every fold: out-of-fold predictions and per-fold metrics, assembled in task order."""
     samples_path = config.resolve(config.samples.path)
     ceilings = [known_r2_ceiling(samples_path, data.samples, test) for _, test in folds]
     scored = config.cv.design != "buffered"  # one location per fold: only pooled metrics are meaningful
+    tasks = _fit_tasks(config, data, kinds, folds, out)
+    fits, stale = _run_or_resume(config, data, tasks, out, resume, say, on_fold)
     parts: list[pd.DataFrame] = []
     rows: list[dict[str, Any]] = []
     seconds = dict.fromkeys(kinds, 0.0)
-    interval_models, warnings = [], []
-    for kind in kinds:
-        with_intervals = True
-        for k, (train, test) in enumerate(folds):
-            say(f"{kind}: fold {k + 1}/{len(folds)} ({train.size} training, {test.size} test samples)")
-            fit = _fit_fold(kind, config, data, (train, test), k, out / "models" / kind / f"fold_{k:02d}")
-            table = _prediction_table(data, kind, k, test, fit)
-            parts.append(table)
-            row: dict[str, Any] = {"model": kind, "fold": k, "n_train": int(train.size)}
-            row |= fold_metrics(table, fit.quantiles is not None, scored=scored)
-            rows.append(row | {"r2_ceiling": ceilings[k], "seconds": round(fit.seconds, 3)})
-            seconds[kind] += fit.seconds
-            with_intervals &= fit.quantiles is not None
-            warnings += [f"{kind}, fold {k + 1}: {w}" for w in fit.info.warnings]
-            if on_fold is not None:
-                on_fold(kind, k, len(folds), fit.seconds)
-        if with_intervals:
-            interval_models.append(kind)
+    without_intervals: set[str] = set()
+    warnings = (
+        [
+            f"--resume: {stale} finished fits in {out} were made with another config or data and were "
+            "recomputed"
+        ]
+        if stale
+        else []
+    )
+    for task, fit in zip(tasks, fits, strict=True):
+        kind, k = task.kind, task.fold
+        table = _prediction_table(data, kind, k, task.test, fit)
+        parts.append(table)
+        row: dict[str, Any] = {"model": kind, "fold": k, "n_train": int(task.train.size)}
+        row |= fold_metrics(table, fit.quantiles is not None, scored=scored)
+        rows.append(row | {"r2_ceiling": ceilings[k], "seconds": round(fit.seconds, 3)})
+        seconds[kind] += fit.seconds
+        if fit.quantiles is None:
+            without_intervals.add(kind)
+        warnings += [f"{kind}, fold {k + 1}: {w}" for w in fit.info.warnings]
     predictions = pd.concat(parts, ignore_index=True)
     seconds = {k: round(v, 3) for k, v in seconds.items()}
-    return _Scores(predictions, pd.DataFrame(rows), interval_models, seconds, warnings)
+    interval_models = [k for k in kinds if k not in without_intervals]
+    n_resumed = sum(fit.resumed for fit in fits)
+    return _Scores(predictions, pd.DataFrame(rows), interval_models, seconds, warnings, n_resumed)
 
 
 @dataclass
@@ -335,6 +355,7 @@ def cross_validate(
     overwrite: bool = False,
     progress: Progress | None = None,
     on_fold: FoldHook | None = None,
+    resume: bool = False,
 ) -> CVResult:
     """Cross-validate the kinds of ``cv.models`` on identical folds and write the tables into ``out``.
 
@@ -342,7 +363,12 @@ def cross_validate(
     once; every kind is created from the config (options in ``models.<kind>``), fitted with seed
     ``train.seed`` on each fold's training rows only (a model that early-stops carves its monitoring rows out
     of them) and predicts the fold's test rows. ``out/models/<kind>/fold_<k>/`` is each fit's work folder
-    (checkpoints while fitting; ``fit.json`` and the training history after).
+    (checkpoints while fitting; ``fit.json``, the training history, ``oof.npz`` and ``result.json`` after).
+
+    Every (kind, fold) fit is an independent task (:mod:`socmap.evaluate.tasks`) run where ``cv.scheduler``
+    says: in this process one after another (None), as Dask tasks on local ``threads`` or ``processes``, or
+    on a dask.distributed cluster (``tcp://host:port``). Results are assembled in the fixed order (kinds of
+    ``cv.models``, then folds), so the tables are the same whichever scheduler ran the fits.
 
     Args:
         config: the configuration (``cv``, ``models``, ``split``, ``train``).
@@ -350,10 +376,14 @@ def cross_validate(
         out: the cross-validation folder; may hold other files (e.g. the prepared folder) but not a finished
             cross-validation unless ``overwrite``.
         overwrite: replace a finished cross-validation in ``out``.
-        progress: called with one line before each fold of each model (what is being fitted).
+        progress: called with one line before each fold of each model (what is being fitted; on Dask: one
+            line before all).
         on_fold: called after each fold of each model with (model kind, fold index from 0, number of folds,
-            seconds the fold's fit and prediction took), in order: every fold of the first kind of
-            ``cv.models``, then the next kind; for a progress bar of ``len(models) x n_folds`` steps.
+            seconds the fold's fit and prediction took): resumed fits first, then in order (every fold of the
+            first kind of ``cv.models``, then the next kind) or, on Dask, as fits finish; for a progress bar
+            of ``len(models) x n_folds`` steps.
+        resume: reuse the fits an interrupted run of the same config and data finished (``result.json``
+            with the same fingerprint); the others, and fits of another config or data, are computed.
     """
     kinds = check_models(config)
     out = Path(out)
@@ -367,11 +397,7 @@ def cross_validate(
     with atomic_file(out / "folds.csv") as tmp:
         folds_frame.to_csv(tmp, index=False)
     write_text(out / "config.yaml", dump_config(config))
-    if config.train.threads:
-        import torch
-
-        torch.set_num_threads(config.train.threads)
-    scores = _score_models(config, data, kinds, folds, out, say, on_fold)
+    scores = _score_models(config, data, kinds, folds, out, say, on_fold, resume)
     uncertain = _uncertainty(config, data, folds, scores, say)
     summary = summarize(scores.per_fold, scores.predictions, set(scores.interval_models))
     tested = np.unique(np.concatenate([test for _, test in folds]))
@@ -395,6 +421,7 @@ def cross_validate(
         aoa_errors=uncertain.aoa_errors,
         aoa_threshold=uncertain.threshold,
         warnings=scores.warnings,
+        n_resumed=scores.n_resumed,
     )
     _write_outputs(config, data, result, int(tested.size))
     return result

@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from concurrent.futures import CancelledError
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from socmap.errors import OutputError
 from socmap.mapping.blocks import job_members, run_block
 from socmap.mapping.plan import Block, MapJob
 
@@ -20,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PixelProgress",
     "ProgressCallback",
+    "dead_worker",
     "run_blocks",
     "run_dask_local",
     "run_distributed",
@@ -70,8 +75,32 @@ def run_in_process(job: MapJob, todo: list[Block], progress: PixelProgress) -> N
         progress.block_done(block)
 
 
+def dead_worker(how: str, kept: str) -> OutputError:
+    """The one line for a Dask worker process that died mid-block: what may have killed it, what is kept
+    (``kept``), and that ``--resume`` continues.
+
+    Args:
+        how: e.g. ``twice`` (or empty).
+        kept: e.g. ``3 of 9 blocks are finished and kept in X.blocks``.
+    """
+    return OutputError(
+        f"map: a Dask worker process died{' ' + how if how else ''} (killed, or out of memory: try a smaller "
+        f"--block-size or --batch-size); {kept}: run the same command again with --resume"
+    )
+
+
+def _dead_worker(job: MapJob, todo: list[Block], how: str) -> OutputError:
+    blocks_dir = Path(job.blocks_dir)
+    done = sum((blocks_dir / b.name).is_file() for b in todo)
+    return dead_worker(how, f"{done} of {len(todo)} blocks are finished and kept in {blocks_dir}")
+
+
 def run_dask_local(job: MapJob, todo: list[Block], scheduler: str, progress: PixelProgress) -> None:
     """The blocks as Dask tasks on the local threaded or multiprocessing scheduler.
+
+    A worker process that dies (killed, out of memory) breaks Dask's process pool: the blocks without a file
+    run once more in a fresh pool; a second death stops with one line (the finished blocks stay for
+    ``--resume``, and blocks are written atomically, so the resumed COG is identical).
 
     Args:
         job: the map's job.
@@ -84,18 +113,34 @@ def run_dask_local(job: MapJob, todo: list[Block], scheduler: str, progress: Pix
     from dask.delayed import delayed
 
     by_key = {f"socmap-block-{b.name}": b for b in todo}
-    tasks = [delayed(run_block, pure=False)(job, b, dask_key_name=k) for k, b in by_key.items()]
+    reported: set[str] = set()
 
     def posttask(key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
         if key in by_key:
+            reported.add(key)
             progress.block_done(by_key[key])
 
-    with Callback(posttask=posttask):
-        compute(*tasks, scheduler=scheduler)
+    for attempt in (1, 2):
+        keys = [k for k in by_key if k not in reported]
+        tasks = [delayed(run_block, pure=False)(job, by_key[k], dask_key_name=k) for k in keys]
+        try:
+            with Callback(posttask=posttask):
+                compute(*tasks, scheduler=scheduler)
+            return
+        except BrokenProcessPool:
+            for key in keys:  # blocks the dead pool wrote but did not report
+                if key not in reported and (Path(job.blocks_dir) / by_key[key].name).is_file():
+                    posttask(key, None, None, None, None)
+            if attempt == 2:
+                raise _dead_worker(job, todo, "twice") from None
 
 
 def run_distributed(job: MapJob, todo: list[Block], scheduler: str | Client, progress: PixelProgress) -> None:
     """The blocks as tasks on a dask.distributed cluster; every worker writes its own block files.
+
+    The cluster reruns the blocks of a worker that dies; a block that kills workers
+    ``distributed.scheduler.allowed-failures`` times, or the death of every worker that held the scattered
+    job, stops the map with one line (finished blocks are kept for ``--resume``).
 
     Args:
         job: the map's job.
@@ -103,7 +148,7 @@ def run_distributed(job: MapJob, todo: list[Block], scheduler: str | Client, pro
         scheduler: a scheduler address (``tcp://host:8786``) or a connected ``distributed.Client``.
         progress: updated after every block.
     """
-    from distributed import Client, as_completed
+    from distributed import Client, KilledWorker, as_completed
 
     client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
     try:
@@ -116,6 +161,12 @@ def run_distributed(job: MapJob, todo: list[Block], scheduler: str | Client, pro
             for future in as_completed(futures):
                 future.result()
                 progress.block_done(futures[future])
+        except KilledWorker:  # the cluster reschedules a dead worker's blocks, up to distributed's limit
+            client.cancel(list(futures))
+            raise _dead_worker(job, todo, "on the same block repeatedly") from None
+        except CancelledError:  # every worker that held the scattered job died: its blocks cannot run
+            client.cancel(list(futures))
+            raise _dead_worker(job, todo, "with the cluster's last copy of the map's job") from None
         except BaseException:
             client.cancel(list(futures))
             raise

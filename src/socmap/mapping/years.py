@@ -22,6 +22,8 @@ import re
 import shutil
 import time
 from collections.abc import Sequence
+from concurrent.futures import CancelledError
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,7 +46,7 @@ from socmap.mapping.blocks import (
 from socmap.mapping.cog import NODATA, map_band_names, write_outputs
 from socmap.mapping.plan import Block, MapJob, MapPlan, map_time_labels, open_blocks_dir, plan_map
 from socmap.mapping.previews import ColorLimits, color_limits
-from socmap.mapping.schedulers import PixelProgress, ProgressCallback
+from socmap.mapping.schedulers import PixelProgress, ProgressCallback, dead_worker
 from socmap.mapping.uncertainty import model_kinds
 from socmap.models import SocModel
 
@@ -260,11 +262,14 @@ def _run(
         from dask.base import compute
         from dask.delayed import delayed
 
-        compute(*[delayed(run_years_block, pure=False)(jobs, b) for b in todo], scheduler=scheduler)
+        try:
+            compute(*[delayed(run_years_block, pure=False)(jobs, b) for b in todo], scheduler=scheduler)
+        except BrokenProcessPool:
+            raise dead_worker("", "the finished (block, year) files are kept") from None
         for block in todo:
             done(block)
     else:
-        from distributed import Client, as_completed
+        from distributed import Client, KilledWorker, as_completed
 
         own = client is None
         cluster = Client(scheduler) if client is None else client
@@ -278,6 +283,8 @@ def _run(
             for future in as_completed(futures):
                 future.result()
                 done(futures[future])
+        except (KilledWorker, CancelledError):
+            raise dead_worker("repeatedly", "the finished (block, year) files are kept") from None
         finally:
             if own:
                 cluster.close()
