@@ -111,6 +111,15 @@ SetOption = Annotated[
     typer.Option("--set", help="Override a config key, e.g. --set windows.size=7 (repeatable)."),
 ]
 
+PrecisionOption = Annotated[
+    str | None,
+    typer.Option(
+        "--precision",
+        help="Deep-model inference: fp32 (exact, default) or bf16 (torch.autocast on CPU: faster only on CPUs "
+        "with AVX512-BF16/AMX, predictions change slightly; tree and kriging models ignore it) [map.precision].",
+    ),
+]
+
 
 def _load(
     config: Path | None, sets: list[str] | None, extra: dict[str, object] | None = None
@@ -404,6 +413,7 @@ def map_(
             "the same files); default: this process."
         ),
     ] = None,
+    precision: PrecisionOption = None,
     resume: Annotated[
         bool,
         typer.Option("--resume", help="Continue an interrupted map from its finished blocks (OUT.blocks/)."),
@@ -429,6 +439,7 @@ def map_(
         "map.block_size": block_size,
         "map.batch_size": batch_size,
         "map.scheduler": scheduler,
+        "map.precision": precision,
     }
     options = RunFolder(run).load_config({k: v for k, v in overrides.items() if v is not None}).map
     with _pixel_progress(f"map {options.year or ''}".strip()) as on_progress:
@@ -518,6 +529,7 @@ def predict(
     ] = None,
     sets: SetOption = None,
     overwrite: OverwriteOption = False,
+    precision: PrecisionOption = None,
 ) -> None:
     """Apply a trained model to the samples of a config (e.g. an independent test set) and score it.
 
@@ -526,7 +538,10 @@ def predict(
     """
     from socmap.predict import predict_samples
 
-    result = predict_samples(_load(config, sets), run, out, prepared=prepared, overwrite=overwrite)
+    cfg = _load(config, sets)
+    result = predict_samples(
+        cfg, run, out, prepared=prepared, overwrite=overwrite, precision=precision or cfg.map.precision
+    )
     m = result.metrics
     text = (
         f"{result.n_samples} samples, {result.n_models} model(s): R² {m['r2']:.3f}, RMSE {m['rmse']:.4g}, "
@@ -778,6 +793,7 @@ FLAGS = {
     "map.block_size": "--block-size",
     "map.batch_size": "--batch-size",
     "map.scheduler": "--scheduler",
+    "map.precision": "--precision",
     "cv.models": "--models",
     "cv.design": "--cv",
     "cv.folds": "--folds",
