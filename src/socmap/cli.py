@@ -536,9 +536,13 @@ def predict(
     The config describes the new samples and covariates (same bands as the model); targets, when present,
     give R², RMSE and the other metrics on the original scale.
     """
+    from socmap.models.base import precision_note
     from socmap.predict import predict_samples
 
     cfg = _load(config, sets)
+    note = precision_note(precision or cfg.map.precision)
+    if note:
+        _warn(note)
     result = predict_samples(
         cfg, run, out, prepared=prepared, overwrite=overwrite, precision=precision or cfg.map.precision
     )
