@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_cpu_options
 import bench_extraction
 import bench_mapping
+import bench_models
 import bench_realdata
 import bench_scaling
 import bench_synth
@@ -32,6 +33,7 @@ SUITES = {
     "extraction": bench_extraction.run,
     "training": bench_training.run,
     "mapping": bench_mapping.run,
+    "models": bench_models.run,
     "scaling": bench_scaling.run,
     "cpu-options": bench_cpu_options.run,
     "realdata": bench_realdata.run,
@@ -51,7 +53,10 @@ def _cpu_model() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
-        "--only", nargs="*", choices=sorted(SUITES), help="run only these suites (default: all but realdata)"
+        "--only",
+        nargs="*",
+        choices=sorted(SUITES),
+        help="run only these suites (default: all but realdata and models)",
     )
     parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temp folder)")
     args = parser.parse_args()
@@ -61,7 +66,7 @@ def main() -> None:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="socmap-bench-") as tmp:
         work = args.workdir or Path(tmp)
-        for name in args.only or [s for s in SUITES if s != "realdata"]:
+        for name in args.only or [s for s in SUITES if s not in {"realdata", "models"}]:
             started = time.perf_counter()
             rows.extend(SUITES[name](work / name))
             print(f"[{name}] done in {time.perf_counter() - started:.1f} s", flush=True)

@@ -104,3 +104,25 @@ def test_mapping_copy_of_a_forest_predicts_what_the_model_predicts(cls: type[For
             np.testing.assert_array_equal(fast.predict_quantiles(windows, LEVELS, batch), expected)
         else:
             assert q is None
+
+
+def test_nearest_distance_in_place_equals_the_three_temporary_form() -> None:
+    """The AOA's nearest-neighbour search computes |p|² - 2 q·p in place; the distances are those of the plain
+    numpy expression (and of a k-d tree, to rounding)."""
+    from scipy.spatial import cKDTree
+
+    from socmap.uncertainty.aoa import QUERY_CHUNK, nearest_distance
+
+    rng = np.random.default_rng(5)
+    points = rng.normal(size=(700, 20)) * rng.uniform(0.1, 3.0, 20)
+    query = np.vstack([points[:50] + 1e-9, rng.normal(size=(QUERY_CHUNK + 77, 20))])
+    out = nearest_distance(query, points)
+    expected = np.empty(len(query))
+    p_sq = np.einsum("ij,ij->i", points, points)
+    for start in range(0, len(query), QUERY_CHUNK):
+        chunk = query[start : start + QUERY_CHUNK]
+        nearest = np.argmin(p_sq[None, :] - 2.0 * (chunk @ points.T), axis=1)
+        diff = chunk - points[nearest]
+        expected[start : start + len(chunk)] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_allclose(out, cKDTree(points).query(query)[0], rtol=1e-9, atol=1e-12)
