@@ -504,6 +504,8 @@ def test_bf16_map_is_within_tolerance_of_fp32_and_reaches_the_model(
     iqr = float(target.quantile(0.75) - target.quantile(0.25))
     change = np.abs(a[0] - b[0])[~nodata[0]]
     assert change.max() <= 0.02 * iqr, (change.max(), iqr)
+    with rasterio.open(fp32.out) as fa, rasterio.open(bf16.out) as fb:
+        assert fa.tags()["precision"] == "fp32" and fb.tags()["precision"].startswith("bf16: deep models")
     note = precision_note("bf16")
     assert (note in bf16.warnings) if note else not bf16.warnings
     assert not fp32.warnings
