@@ -3,13 +3,14 @@
 #   make test   same venv, run the test suite
 #   make bench  benchmark suite (outside CI; prints ratios, see docs/benchmarks.md)
 #   make bench-realdata  real-data benchmarks (Macedonia, Edgeroi)
+#   make bench-models    map speed of every model kind, bands, bf16 (GRID=small|box|region)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_OUT ?= demo-output
 STAMP := $(VENV)/.socmap-installed
 
-.PHONY: venv demo test lint bench bench-realdata bench-cv clean
+.PHONY: venv demo test lint bench bench-realdata bench-cv bench-models clean
 
 venv: $(STAMP)
 
@@ -44,6 +45,12 @@ bench-realdata: venv
 # cv sequential vs 2 worker processes (Edgeroi when ../shared/data is present, else synthetic)
 bench-cv: venv
 	WANDB_MODE=disabled $(PY) benchmarks/run.py --only cv
+
+# every registered model kind trained once and mapped with and without bands, bf16 for deep kinds;
+# GRID=small (25,600 px, ~20-30 min on 2 quiet cores), box (102,400 px) or region (Bavaria, 1.12 M px)
+GRID ?= small
+bench-models: venv
+	WANDB_MODE=disabled SOCMAP_BENCH_GRID=$(GRID) $(PY) benchmarks/run.py --only models
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .mypy_cache .ruff_cache

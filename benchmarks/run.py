@@ -21,6 +21,7 @@ import bench_cpu_options
 import bench_cv
 import bench_extraction
 import bench_mapping
+import bench_models
 import bench_realdata
 import bench_scaling
 import bench_synth
@@ -34,6 +35,7 @@ SUITES = {
     "extraction": bench_extraction.run,
     "training": bench_training.run,
     "mapping": bench_mapping.run,
+    "models": bench_models.run,
     "scaling": bench_scaling.run,
     "cpu-options": bench_cpu_options.run,
     "realdata": bench_realdata.run,
@@ -55,7 +57,10 @@ def _cpu_model() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
-        "--only", nargs="*", choices=sorted(SUITES), help="run only these suites (default: all but realdata)"
+        "--only",
+        nargs="*",
+        choices=sorted(SUITES),
+        help="run only these suites (default: all but realdata and models)",
     )
     parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temp folder)")
     args = parser.parse_args()
@@ -65,7 +70,7 @@ def main() -> None:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="socmap-bench-") as tmp:
         work = args.workdir or Path(tmp)
-        for name in args.only or [s for s in SUITES if s != "realdata"]:
+        for name in args.only or [s for s in SUITES if s not in {"realdata", "models"}]:
             started = time.perf_counter()
             rows.extend(SUITES[name](work / name))
             print(f"[{name}] done in {time.perf_counter() - started:.1f} s", flush=True)

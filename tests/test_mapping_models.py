@@ -343,3 +343,24 @@ def test_predict_adds_the_calibrated_interval(qrf_run: Path, prepared: Path, tmp
     stored = json.loads(result.metrics_file.read_text())["calibrated_intervals"]
     assert stored["picp"] == pytest.approx(((y >= lo) & (y <= hi)).mean())
     assert stored["picp"] > 0.85  # mostly training samples: the calibrated interval covers them
+
+
+def test_qrf_map_through_the_fast_forest_equals_the_library_path(
+    qrf_run: Path, qrf_map: MapResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The map's forests predict through FastForest (one tree walk for mean and quantiles, no joblib); with it
+    switched off (quantile-forest's own predict, twice) every band of the map is the same, bit for bit."""
+    from socmap.mapping.members import cached_member, clear_cache
+    from socmap.models.trees import FastForest
+
+    member = cached_member(qrf_run / "runs" / "run_0", _stack(qrf_run).bands)
+    assert getattr(member, "fast", None) is not None
+    clear_cache()
+    monkeypatch.setattr(FastForest, "supports", staticmethod(lambda estimator: False))
+    try:
+        library = _map(qrf_run, tmp_path / "library.tif")
+        assert getattr(cached_member(qrf_run / "runs" / "run_0", _stack(qrf_run).bands), "fast", 1) is None
+    finally:
+        clear_cache()
+    with rasterio.open(qrf_map.out) as a, rasterio.open(library.out) as b:
+        np.testing.assert_array_equal(a.read(), b.read())

@@ -111,6 +111,15 @@ SetOption = Annotated[
     typer.Option("--set", help="Override a config key, e.g. --set windows.size=7 (repeatable)."),
 ]
 
+PrecisionOption = Annotated[
+    str | None,
+    typer.Option(
+        "--precision",
+        help="Deep-model inference: fp32 (exact, default) or bf16 (torch.autocast on CPU: faster only on CPUs "
+        "with AVX512-BF16/AMX, predictions change slightly; tree and kriging models ignore it) [map.precision].",
+    ),
+]
+
 
 def _load(
     config: Path | None, sets: list[str] | None, extra: dict[str, object] | None = None
@@ -412,6 +421,7 @@ def map_(
             "the same files); default: this process."
         ),
     ] = None,
+    precision: PrecisionOption = None,
     resume: Annotated[
         bool,
         typer.Option("--resume", help="Continue an interrupted map from its finished blocks (OUT.blocks/)."),
@@ -437,6 +447,7 @@ def map_(
         "map.block_size": block_size,
         "map.batch_size": batch_size,
         "map.scheduler": scheduler,
+        "map.precision": precision,
     }
     options = RunFolder(run).load_config({k: v for k, v in overrides.items() if v is not None}).map
     if years is not None:
@@ -536,15 +547,23 @@ def predict(
     ] = None,
     sets: SetOption = None,
     overwrite: OverwriteOption = False,
+    precision: PrecisionOption = None,
 ) -> None:
     """Apply a trained model to the samples of a config (e.g. an independent test set) and score it.
 
     The config describes the new samples and covariates (same bands as the model); targets, when present,
     give R², RMSE and the other metrics on the original scale.
     """
+    from socmap.models.base import precision_note
     from socmap.predict import predict_samples
 
-    result = predict_samples(_load(config, sets), run, out, prepared=prepared, overwrite=overwrite)
+    cfg = _load(config, sets)
+    note = precision_note(precision or cfg.map.precision)
+    if note:
+        _warn(note)
+    result = predict_samples(
+        cfg, run, out, prepared=prepared, overwrite=overwrite, precision=precision or cfg.map.precision
+    )
     m = result.metrics
     text = (
         f"{result.n_samples} samples, {result.n_models} model(s): R² {m['r2']:.3f}, RMSE {m['rmse']:.4g}, "
@@ -834,6 +853,7 @@ FLAGS = {
     "map.block_size": "--block-size",
     "map.batch_size": "--batch-size",
     "map.scheduler": "--scheduler",
+    "map.precision": "--precision",
     "cv.models": "--models",
     "cv.design": "--cv",
     "cv.folds": "--folds",

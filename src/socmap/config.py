@@ -359,6 +359,12 @@ class MapConfig(_Section):
     scheduler: str | None = Field(
         None, description="None (this process), threads, processes or a dask.distributed address tcp://..."
     )
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="Deep-model inference in map and predict: fp32 (exact, reproducible) or bf16 (torch.autocast "
+        "on CPU: faster on CPUs with bf16 instructions, predictions change slightly; see docs/benchmarks.md). "
+        "Tree, linear and kriging models ignore it.",
+    )
 
     @field_validator("year", mode="before")
     @classmethod

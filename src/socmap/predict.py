@@ -21,7 +21,7 @@ from socmap._atomic import atomic_file, write_json
 from socmap.config import SocmapConfig
 from socmap.errors import InputError, OutputError
 from socmap.metrics import interval_metrics, regression_metrics
-from socmap.models import SocModel, load_model, predict_located
+from socmap.models import SocModel, check_precision, load_model, predict_located
 from socmap.runfolder import RunFolder
 from socmap.uncertainty.runcal import RunUncertainty, load_run_uncertainty, member_width
 from socmap.windows import prepare
@@ -102,6 +102,7 @@ def predict_samples(
     out: str | Path,
     prepared: str | Path | None = None,
     overwrite: bool = False,
+    precision: str = "fp32",
 ) -> PredictResult:
     """Predict and score the samples of ``config`` with the run folder ``run``.
 
@@ -113,7 +114,10 @@ def predict_samples(
             changed); a given folder made from another config or other input files is refused unless
             ``overwrite``.
         overwrite: replace an existing ``out`` (and rebuild a given prepared folder of another config).
+        precision: deep-model inference, ``fp32`` or ``bf16`` (autocast; ``map.precision``, ``--precision``);
+            other kinds ignore it.
     """
+    check_precision(precision)
     out = Path(out)
     if out.exists() and not overwrite:
         raise OutputError(f"output {out} exists; pass --overwrite to replace it")
@@ -121,7 +125,7 @@ def predict_samples(
         data, _ = prepare(config, out.with_suffix(".prepared"), overwrite=True)
     else:  # the user's: refused when made from another config or other input files, unless overwrite
         data, _ = prepare(config, Path(prepared), overwrite=overwrite)
-    members = load_members(run, expected_bands=data.bands)
+    members = [m.with_precision(precision) for m in load_members(run, expected_bands=data.bands)]
     members[0].require_inputs().check_windows(data.windows.shape, str(run))
     table = data.samples[["sample_id", "lon", "lat", "time", "target"]].rename(columns={"target": "observed"})
     windows = np.asarray(data.windows)

@@ -59,7 +59,7 @@ def job_members(job: MapJob) -> list[SocModel]:
     Args:
         job: the map's job.
     """
-    return [cached_member(d, job.stack.bands) for d in job.model_dirs]
+    return [cached_member(d, job.stack.bands, job.precision) for d in job.model_dirs]
 
 
 def read_inputs(
@@ -216,6 +216,17 @@ def compute_block(
     return result
 
 
+def single_thread_blas() -> None:
+    """numpy's BLAS on one thread in this process (the AOA's distance products): a map runs batches or blocks
+    side by side, one per core, and a multi-threaded BLAS under each of them oversubscribes the cores (OpenBLAS
+    threads spin while they wait). The in-process scheduler restores the count afterwards
+    (:func:`socmap.mapping.schedulers.run_blocks`)."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    if any(p.get("num_threads", 1) != 1 for p in threadpool_info() if p.get("user_api") == "blas"):
+        threadpool_limits(1, user_api="blas")
+
+
 @functools.cache
 def undo_dask_malloc_trim() -> None:
     """Dask workers start with MALLOC_TRIM_THRESHOLD_=65536, which also switches off glibc's dynamic mmap
@@ -253,7 +264,7 @@ def run_block(
 
     torch runs every op on one thread, whatever the scheduler: torch's multi-threaded kernels may round
     differently with another thread count, and a map must not depend on where its blocks ran (tree models
-    predict on one thread too, see :meth:`SocModel.for_inference`). Parallelism comes from
+    predict on one thread too, see :meth:`SocModel.for_inference`, and so does numpy's BLAS). Parallelism comes from
     ``job.batch_threads`` batches at a time, or from Dask running several blocks at once.
 
     Args:
@@ -264,6 +275,7 @@ def run_block(
     """
     if torch.get_num_threads() != 1:
         torch.set_num_threads(1)
+    single_thread_blas()
     undo_dask_malloc_trim()
     values = compute_block(job, block, members, on_pixels)
     save_block(Path(job.blocks_dir) / block.name, values)

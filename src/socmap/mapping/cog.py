@@ -74,6 +74,11 @@ def map_tags(plan: MapPlan) -> dict[str, str]:
             "training means (deep models: of their band and step; tree and linear models: of each window "
             "feature)"
         ),
+        "precision": (
+            "fp32"
+            if job.precision == "fp32"
+            else f"{job.precision}: deep models under torch.autocast (map.precision); other kinds in float64"
+        ),
         "socmap_version": __version__,
     }
 

@@ -48,18 +48,20 @@ def model_stamp(folder: str | Path) -> list[Any]:
     return [str(path.resolve()), st.st_size, st.st_mtime_ns]
 
 
-def cached_member(model_dir: str | Path, bands: Sequence[str]) -> SocModel:
-    """The model of ``model_dir`` ready for mapping (``for_inference``), built once per process and file.
+def cached_member(model_dir: str | Path, bands: Sequence[str], precision: str = "fp32") -> SocModel:
+    """The model of ``model_dir`` ready for mapping (``with_precision(precision).for_inference()``), built once
+    per process, file and precision.
 
     Args:
         model_dir: a model folder.
         bands: the stack's bands (a model trained on other bands is refused by name).
+        precision: ``map.precision`` (deep models only; other kinds ignore it).
     """
-    key = (*model_stamp(model_dir), tuple(bands))
+    key = (*model_stamp(model_dir), tuple(bands), precision)
     with _MEMBERS_LOCK:
         found = _MEMBERS.get(key)
     if found is None:  # two threads may both build it: harmless, the results are identical
-        found = load_model(model_dir, expected_bands=list(bands)).for_inference()
+        found = load_model(model_dir, expected_bands=list(bands)).with_precision(precision).for_inference()
         with _MEMBERS_LOCK:
             if len(_MEMBERS) >= CACHE_SIZE:
                 _MEMBERS.clear()
@@ -100,15 +102,18 @@ def clear_cache() -> None:
         _UNCERTAINTY.clear()
 
 
-def load_members(run_dir: str | Path, bands: Sequence[str]) -> tuple[list[Path], list[SocModel]]:
+def load_members(
+    run_dir: str | Path, bands: Sequence[str], precision: str = "fp32"
+) -> tuple[list[Path], list[SocModel]]:
     """Every model folder of the run and its model ready for mapping.
 
     Args:
         run_dir: a run folder (``runs/run_<i>``), or a bare model folder (one model).
         bands: the stack's bands.
+        precision: ``map.precision``.
     """
     dirs = RunFolder(Path(run_dir)).member_dirs()
-    return dirs, [cached_member(d, bands) for d in dirs]
+    return dirs, [cached_member(d, bands, precision) for d in dirs]
 
 
 def check_geometry(dirs: Sequence[Path], members: Sequence[SocModel]) -> tuple[int, int]:

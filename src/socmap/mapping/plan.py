@@ -32,7 +32,8 @@ from socmap.data import RasterStack, discover_stack
 from socmap.errors import InputError, OutputError
 from socmap.mapping.members import cached_uncertainty, check_geometry, load_members, model_stamp
 from socmap.mapping.uncertainty import uncertainty_method
-from socmap.models import SocModel, TargetInfo
+from socmap.models import SocModel, TargetInfo, check_precision
+from socmap.models.base import precision_note
 from socmap.region import (
     RegionSource,
     grid_bounds_text,
@@ -105,6 +106,7 @@ class MapJob:
     batch_size: int
     batch_threads: int = 1
     run_dir: str = ""  # the calibration's and AOA's folder (empty: none)
+    precision: str = "fp32"  # map.precision: deep-model inference in fp32 or bf16 autocast
 
 
 @dataclass
@@ -358,6 +360,27 @@ def _resolution_notes(member: SocModel, stack: RasterStack, size: int) -> list[s
     ]
 
 
+def _precision_notes(members: list[SocModel], precision: str) -> list[str]:
+    """A warning when bf16 is asked on a CPU without native bf16, or of a run without deep models."""
+    if precision == "fp32":
+        return []
+    if not any(_has_deep(m) for m in members):
+        return [
+            f"map.precision {precision}: the run has no deep model; tree, linear and kriging models always "
+            "predict in float64 (the option changes nothing)"
+        ]
+    note = precision_note(precision)
+    return [note] if note else []
+
+
+def _has_deep(model: SocModel) -> bool:
+    """Whether a model or one of its members/base is a deep model (the one kind bf16 changes)."""
+    from socmap.models.deep import DeepModel
+
+    inner = [getattr(model, "base", None), *getattr(model, "members", [])]
+    return isinstance(model, DeepModel) or any(isinstance(m, SocModel) and _has_deep(m) for m in inner)
+
+
 def map_region(
     options: MapConfig, config: SocmapConfig, stack: RasterStack
 ) -> tuple[BaseGeometry, RegionSource]:
@@ -404,7 +427,7 @@ def _manifest(
         "min_valid_fraction": min_valid_fraction,
         "method": method,
         "uncertainty": [_digest(folder.path / name) for name in (CALIBRATION_FILE, AOA_FILE)],
-    }
+    } | ({"precision": options.precision} if options.precision != "fp32" else {})
 
 
 def plan_map(options: MapConfig, run_dir: str | Path, out: str | Path) -> MapPlan:
@@ -423,7 +446,8 @@ def plan_map(options: MapConfig, run_dir: str | Path, out: str | Path) -> MapPla
     config = folder.load_config(resolution)
     stack = discover_stack(config)
     check_static_year(stack, options.year)  # before the models are loaded: a quick one-line refusal
-    dirs, members = load_members(folder.path, stack.bands)
+    precision = check_precision(options.precision)
+    dirs, members = load_members(folder.path, stack.bands, precision)
     size, steps = check_geometry(dirs, members)
     labels = map_time_labels(stack, options.year, steps)
     region, source = map_region(options, config, stack)
@@ -452,6 +476,7 @@ def plan_map(options: MapConfig, run_dir: str | Path, out: str | Path) -> MapPla
         blocks_dir=str(out.with_name(out.name + ".blocks")),
         batch_size=options.batch_size,
         run_dir=str(folder.path),
+        precision=precision,
     )
     row0, row1, col0, col1 = window
     return MapPlan(
@@ -467,7 +492,7 @@ def plan_map(options: MapConfig, run_dir: str | Path, out: str | Path) -> MapPla
         members=members,
         manifest=manifest,
         region_name=source.name,
-        warnings=_resolution_notes(members[0], stack, size),
+        warnings=_resolution_notes(members[0], stack, size) + _precision_notes(members, precision),
     )
 
 

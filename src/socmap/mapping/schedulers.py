@@ -189,7 +189,10 @@ def run_blocks(
     """
     if not todo:
         return
+    from threadpoolctl import threadpool_limits
+
     threads = torch.get_num_threads()
+    blas = threadpool_limits(1, user_api="blas")  # run_block's setting, undone on exit (this process)
     try:
         if client is not None:
             run_distributed(job, todo, client, progress)
@@ -201,3 +204,4 @@ def run_blocks(
             run_distributed(job, todo, scheduler, progress)
     finally:
         torch.set_num_threads(threads)  # run_block set 1 in this process
+        blas.restore_original_limits()

@@ -9,12 +9,14 @@ networks), ``trainer`` (the deep training loop), ``deep`` (deep models), ``ensem
 from __future__ import annotations
 
 from socmap.models.base import (
+    PRECISIONS,
     PREDICT_BATCH,
     FitData,
     FitInfo,
     InputSpec,
     SocModel,
     TargetInfo,
+    check_precision,
     predict_located,
     read_rows,
 )
@@ -31,6 +33,7 @@ from socmap.models.registry import (
 
 __all__ = [
     "MODEL_FILE",
+    "PRECISIONS",
     "PREDICT_BATCH",
     "FitData",
     "FitInfo",
@@ -39,6 +42,7 @@ __all__ = [
     "SocModel",
     "TargetInfo",
     "available_models",
+    "check_precision",
     "create_model",
     "load_model",
     "model_entry",

@@ -26,16 +26,43 @@ from numpy.typing import NDArray
 from socmap.errors import InputError
 
 __all__ = [
+    "PRECISIONS",
     "PREDICT_BATCH",
     "FitData",
     "FitInfo",
     "InputSpec",
     "SocModel",
     "TargetInfo",
+    "check_precision",
     "predict_located",
 ]
 
 PREDICT_BATCH = 4096
+PRECISIONS = ("fp32", "bf16")  # map.precision / --precision: deep-model inference
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` if it is one of :data:`PRECISIONS`, else an error naming them."""
+    if precision not in PRECISIONS:
+        raise InputError(f"map.precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def precision_note(precision: str) -> str | None:
+    """A warning when ``bf16`` is asked on a CPU without native bf16 instructions (AVX512-BF16 or AMX): torch
+    then emulates bf16 and deep-model inference is slower than in fp32, not faster."""
+    if precision != "bf16":
+        return None
+    import torch
+
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    if native:
+        return None
+    return (
+        "map.precision bf16: this CPU has no native bf16 instructions (AVX512-BF16 or AMX); torch emulates "
+        "bf16 and deep models run slower than in fp32 (use fp32 here)"
+    )
+
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
@@ -264,6 +291,12 @@ class SocModel(ABC):
 
     def for_inference(self) -> SocModel:
         """A copy tuned for bulk prediction in one thread (mapping); by default the model itself."""
+        return self
+
+    def with_precision(self, precision: str) -> SocModel:
+        """The model predicting in ``precision`` (:data:`PRECISIONS`): deep models run their network under
+        bf16 autocast with ``bf16``; every other kind ignores it (the model itself is returned)."""
+        check_precision(precision)
         return self
 
     def describe(self) -> str:

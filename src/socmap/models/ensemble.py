@@ -190,6 +190,13 @@ class EnsembleModel(SocModel):
         copy.members = [m.for_inference() for m in self.members]
         return copy
 
+    def with_precision(self, precision: str) -> SocModel:
+        """Every member in ``precision`` (deep members only change)."""
+        copy = EnsembleModel(self.options)
+        copy.__dict__.update(self.__dict__)
+        copy.members = [m.with_precision(precision) for m in self.members]
+        return copy
+
     def describe(self) -> str:
         parts = ", ".join(f"{m.kind} {w:.2f}" for m, w in zip(self.members, self.weights, strict=True))
         return f"ensemble ({self.options.blend}: {parts})"

@@ -346,6 +346,13 @@ class RegressionKrigingModel(_Kriged):
         copy.base = self._base().for_inference()
         return copy
 
+    def with_precision(self, precision: str) -> SocModel:
+        """The base model in ``precision`` (kriging itself stays float64)."""
+        copy = RegressionKrigingModel(self.options, self.factory)
+        copy.__dict__.update(self.__dict__)
+        copy.base = self._base().with_precision(precision)
+        return copy
+
     def describe(self) -> str:
         base = self.base.describe() if self.base is not None else self.options.base
         v = self.variogram

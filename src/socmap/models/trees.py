@@ -10,6 +10,14 @@ Persistence without pickle (chosen per library, see the README's model section):
   on an explicit list (scikit-learn's tree, quantile-forest's regressor and forest); anything else is refused.
 - ``xgb``: XGBoost's own UBJSON (``estimator.ubj``), a data-only format.
 - ``linear``: coefficients in ``model.json``.
+
+Bulk prediction (mapping, :meth:`FeatureModel.for_inference`): scikit-learn's forests walk their trees through
+joblib, a few hundred microseconds of Python per tree and call, which held the GIL and dominated a map's time
+at 1,024 windows per batch. :class:`FastForest` calls the same compiled tree walk (``tree_.apply``) tree by
+tree and sums the leaf values in the same order (rf), or hands the leaves of one walk to quantile-forest's own
+compiled mean and quantile routines (qrf: one walk for the point and the quantiles instead of two). It is
+kept only when it reproduces the library's own ``predict`` bit for bit on a probe batch (else the library's
+``predict`` is used), and the tests compare it with the library on real features.
 """
 
 from __future__ import annotations
@@ -42,6 +50,100 @@ TRUSTED_TYPES = (
 )
 
 
+class FastForest:
+    """A fitted scikit-learn forest (``rf``) or quantile forest (``qrf``) predicted without joblib: the same
+    compiled tree walk and the same arithmetic in the same order as the library's ``predict``, so the results
+    are identical bit for bit (checked by :meth:`matches`, tested in ``tests/test_models.py``).
+
+    Args:
+        estimator: a fitted ``RandomForestRegressor`` or ``RandomForestQuantileRegressor``.
+    """
+
+    def __init__(self, estimator: Any) -> None:
+        self.estimator = estimator
+        self.trees = [t.tree_ for t in estimator.estimators_]
+        self.values = [np.asarray(t.value[:, 0, 0], np.float64) for t in self.trees]
+        self.quantile = hasattr(estimator, "forest_")
+
+    @staticmethod
+    def supports(estimator: Any) -> bool:
+        """Single-output forests; quantile forests only where the library takes its general path (leaves of
+        any size: ``max_samples_leaf != 1``)."""
+        if getattr(estimator, "n_outputs_", 0) != 1 or not hasattr(estimator, "estimators_"):
+            return False
+        if not hasattr(estimator, "forest_"):
+            return True
+        params = estimator.get_params()
+        return params.get("max_samples_leaf") != 1 and params.get("default_quantiles") in (None, "mean")
+
+    def leaves(self, x: FloatArray) -> NDArray[np.intp]:
+        """``estimator.apply(x)``: the leaf of every row in every tree, [n, trees] (float32 inputs, as the
+        library casts them)."""
+        x32 = np.ascontiguousarray(x, dtype=np.float32)
+        if x32.shape[0] == 0:
+            return np.empty((0, len(self.trees)), np.intp)
+        return np.column_stack([tree.apply(x32) for tree in self.trees])
+
+    def point(self, x: FloatArray) -> FloatArray:
+        """``estimator.predict(x)``: the forest's mean (rf) or the quantile forest's conditional mean (qrf)."""
+        if self.quantile:
+            mean = self.estimator.forest_.predict([-1], self.leaves(x), None, b"linear", True, False, True)
+            return np.asarray(mean, np.float64)[:, 0, 0]
+        return self.mean(x)
+
+    def mean(self, x: FloatArray) -> FloatArray:
+        """``RandomForestRegressor.predict(x)``: the trees' leaf values summed in tree order, divided by
+        their number (what scikit-learn does on one thread)."""
+        leaves = self.leaves(x)
+        out = np.zeros(x.shape[0], np.float64)
+        for k, values in enumerate(self.values):
+            out += values[leaves[:, k]]
+        out /= len(self.values)
+        return out
+
+    def quantile_predict(self, x: FloatArray, quantiles: Sequence[float]) -> tuple[FloatArray, FloatArray]:
+        """``RandomForestQuantileRegressor.predict(x)`` (the mean) and ``.predict(x, quantiles=...)`` [n, k]
+        from one tree walk: quantile-forest's own compiled routine, with the arguments its ``predict``
+        passes by default."""
+        leaves = self.leaves(x)
+        forest = self.estimator.forest_
+        mean = forest.predict([-1], leaves, None, b"linear", True, False, True)
+        values = forest.predict([float(q) for q in quantiles], leaves, None, b"linear", True, False, True)
+        return np.asarray(mean, np.float64)[:, 0, 0], np.asarray(values, np.float64)[:, 0, :]
+
+    def probe(self, n: int = 64, seed: int = 0) -> FloatArray:
+        """Feature rows that reach many leaves: each feature near one of its split thresholds (either side)."""
+        rng = np.random.default_rng(seed)
+        n_features = int(self.estimator.n_features_in_)
+        thresholds: list[list[float]] = [[] for _ in range(n_features)]
+        for tree in self.trees[:20]:
+            for f, t in zip(tree.feature, tree.threshold, strict=True):
+                if f >= 0:
+                    thresholds[int(f)].append(float(t))
+        out = np.zeros((n, n_features))
+        for f, values in enumerate(thresholds):
+            if values:
+                base = rng.choice(np.asarray(values), n)
+                out[:, f] = base + rng.normal(0.0, 1e-3, n) * (np.abs(base) + 1e-3)
+        return out
+
+    def matches(self, levels: Sequence[float] = (0.05, 0.5, 0.95)) -> bool:
+        """Whether this reproduces the library's ``predict`` bit for bit on :meth:`probe` rows."""
+        x = self.probe()
+        try:
+            if not self.quantile:
+                return bool(np.array_equal(self.point(x), self.estimator.predict(x)))
+            mean, values = self.quantile_predict(x, levels)
+            reference = np.asarray(self.estimator.predict(x, quantiles=list(levels))).reshape(values.shape)
+            return bool(
+                np.array_equal(mean, self.estimator.predict(x))
+                and np.array_equal(self.point(x), mean)
+                and np.array_equal(values, reference)
+            )
+        except Exception:  # another library version with other internals: use its predict
+            return False
+
+
 def default_jobs() -> int:
     """Threads for fitting: every core this process may use."""
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
@@ -60,6 +162,7 @@ class FeatureModel(SocModel):
         self.transform = TargetTransform(target_transform)
         self.features: WindowFeatures | None = None
         self.estimator: Any = None
+        self.fast: FastForest | None = None  # mapping copies of forests (for_inference)
         self.seed = 0
 
     # ------------------------------------------------------------------ subclass hooks
@@ -160,9 +263,13 @@ class FeatureModel(SocModel):
         with ThreadPoolExecutor(min(self.n_jobs, len(starts))) as pool:
             return list(pool.map(one, starts))
 
+    def _point_fn(self) -> Callable[[FloatArray], Any]:
+        """The estimator's point prediction of features (the fast forest's where one is set)."""
+        return self.fast.point if self.fast is not None else self.estimator.predict
+
     def predict(self, windows: NDArray[np.float32], batch_size: int = PREDICT_BATCH) -> FloatArray:
         """Point predictions in the original unit."""
-        parts = self._chunked(self.estimator.predict, windows, batch_size)
+        parts = self._chunked(self._point_fn(), windows, batch_size)
         z = np.concatenate(parts) if parts else np.empty(0)
         return self._unseen_as_nodata(windows, self.transform.inverse(z))
 
@@ -178,12 +285,18 @@ class FeatureModel(SocModel):
         return values
 
     def for_inference(self) -> SocModel:
-        """A copy that predicts on one thread: mapping runs several batches or blocks at once instead."""
+        """A copy that predicts on one thread (mapping runs several batches or blocks at once instead) and,
+        for forests, through :class:`FastForest` when it reproduces the library bit for bit. Tree and linear
+        models ignore :meth:`with_precision`: they always predict in float64."""
         import copy as copying
 
         copy = type(self).__new__(type(self))
         copy.__dict__.update(self.__dict__)
         copy.n_jobs = 1
+        copy.fast = None
+        if self.estimator is not None and FastForest.supports(self.estimator):
+            fast = FastForest(self.estimator)
+            copy.fast = fast if fast.matches() else None
         if self.features is not None and self.features.categories_:
             copy.features = copying.copy(self.features)
             copy.features.nodata_unseen = True
@@ -296,15 +409,35 @@ class QuantileForestModel(ForestModel):
         """Quantiles of the training targets in the leaves (weighted), sorted per row, original unit."""
         if not levels:
             return np.empty((len(windows), 0))
-        parts = self._chunked(
-            lambda f: self.estimator.predict(f, quantiles=list(levels)), windows, batch_size
+        fast = self.fast
+        fn = (
+            (lambda f: fast.quantile_predict(f, levels)[1])
+            if fast is not None
+            else (lambda f: self.estimator.predict(f, quantiles=list(levels)))
         )
-        z = (
-            np.concatenate([p.reshape(-1, len(levels)) for p in parts])
-            if parts
-            else np.empty((0, len(levels)))
-        )
+        parts = self._chunked(fn, windows, batch_size)
+        return self._sorted_quantiles(windows, parts, len(levels))
+
+    def _sorted_quantiles(self, windows: NDArray[np.float32], parts: list[FloatArray], k: int) -> FloatArray:
+        z = np.concatenate([p.reshape(-1, k) for p in parts]) if parts else np.empty((0, k))
         return self._unseen_as_nodata(windows, np.sort(self.transform.inverse(z), axis=1))
+
+    def predict_with_quantiles(
+        self, windows: NDArray[np.float32], levels: Sequence[float], batch_size: int = PREDICT_BATCH
+    ) -> tuple[FloatArray, FloatArray | None]:
+        """Point predictions and quantiles; a mapping copy (:class:`FastForest`) walks the trees once for both."""
+        fast = self.fast
+        if fast is None or not levels or not self.gives_quantiles(levels):
+            return super().predict_with_quantiles(windows, levels, batch_size)
+
+        def both(f: FloatArray) -> FloatArray:
+            mean, values = fast.quantile_predict(f, levels)
+            return np.column_stack([mean, values])
+
+        parts = self._chunked(both, windows, batch_size)
+        z = np.concatenate(parts) if parts else np.empty((0, 1 + len(levels)))
+        point = self._unseen_as_nodata(windows, self.transform.inverse(z[:, 0]))
+        return point, self._sorted_quantiles(windows, [z[:, 1:]], len(levels))
 
 
 class XGBoostModel(FeatureModel):

@@ -67,7 +67,9 @@ def nearest_distance(query: ArrayLike, points: ArrayLike) -> FloatArray:
     p_sq = np.einsum("ij,ij->i", p, p)
     for start in range(0, q.shape[0], QUERY_CHUNK):
         chunk = q[start : start + QUERY_CHUNK]
-        d2 = p_sq[None, :] - 2.0 * (chunk @ p.T)  # + |q|², constant per row: irrelevant for the argmin
+        d2 = chunk @ p.T  # |p|² - 2 q·p (+ |q|², constant per row: irrelevant for the argmin), in place:
+        d2 *= -2.0  # exact (a power of two), and |p|² + (-2 q·p) rounds as |p|² - 2 q·p does, so the
+        d2 += p_sq  # nearest rows are those of the three-temporary form, with a third of its memory traffic
         nearest = np.argmin(d2, axis=1)
         diff = chunk - p[nearest]
         out[start : start + chunk.shape[0]] = np.sqrt(np.einsum("ij,ij->i", diff, diff))

@@ -1,0 +1,128 @@
+"""Fast paths of bulk prediction equal their references: the forests' tree walk without joblib
+(:class:`socmap.models.trees.FastForest`) gives the libraries' own ``predict`` bit for bit (random forest mean,
+quantile-forest mean and quantiles), a tree model's mapping copy predicts what the model predicts, and the
+options that keep a fast path away from a case it does not reproduce."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from quantile_forest import RandomForestQuantileRegressor
+from sklearn.ensemble import RandomForestRegressor
+
+from socmap.models import FitData, InputSpec, TargetInfo
+from socmap.models.trees import FastForest, ForestModel, QuantileForestModel
+
+LEVELS = (0.05, 0.5, 0.95)
+
+
+def _data(n: int = 600, p: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, p)) * rng.uniform(0.1, 50.0, p)  # features of very different scales
+    y = np.sin(x[:, 0] / 10) * 20 + x[:, 1] * 0.1 + rng.normal(size=n)
+    return x, y
+
+
+@pytest.mark.parametrize("leaf", [1, 5])
+def test_fast_random_forest_equals_sklearn(leaf: int) -> None:
+    x, y = _data()
+    forest = RandomForestRegressor(n_estimators=40, min_samples_leaf=leaf, max_features=1 / 3, random_state=0)
+    forest.fit(x, y)
+    fast = FastForest(forest)
+    assert FastForest.supports(forest) and fast.matches()
+    new = _data(seed=1)[0]
+    np.testing.assert_array_equal(fast.point(new), forest.predict(new))  # bit for bit
+    np.testing.assert_array_equal(fast.leaves(new), forest.apply(new))
+    assert fast.point(new[:0]).shape == (0,)
+
+
+@pytest.mark.parametrize("max_samples_leaf", [None, 3])
+def test_fast_quantile_forest_equals_quantile_forest(max_samples_leaf: int | None) -> None:
+    x, y = _data()
+    forest = RandomForestQuantileRegressor(
+        n_estimators=40,
+        min_samples_leaf=5,
+        max_samples_leaf=max_samples_leaf,
+        default_quantiles="mean",  # socmap's qrf point prediction
+        random_state=0,
+    )
+    forest.fit(x, y)
+    fast = FastForest(forest)
+    assert FastForest.supports(forest) and fast.matches()
+    new = _data(seed=2)[0]
+    mean, values = fast.quantile_predict(new, LEVELS)
+    np.testing.assert_array_equal(mean, forest.predict(new))  # the conditional mean (default_quantiles)
+    np.testing.assert_array_equal(values, forest.predict(new, quantiles=list(LEVELS)))
+    np.testing.assert_array_equal(fast.point(new), mean)
+    other = (0.1, 0.9)
+    np.testing.assert_array_equal(
+        fast.quantile_predict(new, other)[1], forest.predict(new, quantiles=list(other))
+    )
+
+
+def test_fast_path_is_not_used_where_it_differs() -> None:
+    """One training value per leaf (quantile-forest's special path) or another default quantile: the library's
+    own predict is used."""
+    x, y = _data(n=200)
+    single = RandomForestQuantileRegressor(
+        n_estimators=5, max_samples_leaf=1, default_quantiles="mean", random_state=0
+    ).fit(x, y)
+    median = RandomForestQuantileRegressor(n_estimators=5, default_quantiles=0.5, random_state=0).fit(x, y)
+    assert not FastForest.supports(single) and not FastForest.supports(median)
+    broken = FastForest(RandomForestRegressor(n_estimators=3, random_state=0).fit(x, y))
+    broken.values[0] = broken.values[0] + 1.0  # a fast path that no longer reproduces the library
+    assert not broken.matches()
+
+
+def _fit(model: ForestModel, n: int = 400) -> tuple[ForestModel, np.ndarray]:
+    rng = np.random.default_rng(3)
+    windows = rng.normal(size=(n, 3, 5, 5, 4)).astype(np.float32)
+    windows[rng.random(windows.shape) < 0.05] = np.nan  # nodata inside windows: filled features
+    target = np.nanmean(windows[:, 0], axis=(1, 2, 3)) * 10 + 30 + rng.normal(size=n)
+    inputs = InputSpec(("a", "b", "c"), ("c",), 5, 4, ("1", "2", "3", "4"), {}, TargetInfo("soc", "g/kg"))
+    rows = np.arange(n - 100)
+    model.fit(FitData(windows, target, rows, np.empty(0, np.int64), inputs))
+    return model, windows[n - 100 :]
+
+
+@pytest.mark.parametrize("cls", [ForestModel, QuantileForestModel])
+def test_mapping_copy_of_a_forest_predicts_what_the_model_predicts(cls: type[ForestModel]) -> None:
+    """``for_inference`` (one thread, FastForest, one tree walk for point and quantiles) == the model's own
+    predict and predict_quantiles (the library's predict on several threads), bit for bit, in any batch size;
+    log target transform included."""
+    model, windows = _fit(cls({"n_estimators": 30}, "log", n_jobs=2))
+    fast = model.for_inference()
+    assert getattr(fast, "fast", None) is not None and model.fast is None
+    for batch in (7, 64, 4096):
+        np.testing.assert_array_equal(fast.predict(windows, batch), model.predict(windows))
+        point, q = fast.predict_with_quantiles(windows, LEVELS, batch)
+        np.testing.assert_array_equal(point, model.predict(windows))
+        if cls is QuantileForestModel:
+            expected = model.predict_quantiles(windows, LEVELS)
+            assert q is not None and expected is not None
+            np.testing.assert_array_equal(q, expected)
+            np.testing.assert_array_equal(fast.predict_quantiles(windows, LEVELS, batch), expected)
+        else:
+            assert q is None
+
+
+def test_nearest_distance_in_place_equals_the_three_temporary_form() -> None:
+    """The AOA's nearest-neighbour search computes |p|² - 2 q·p in place; the distances are those of the plain
+    numpy expression (and of a k-d tree, to rounding)."""
+    from scipy.spatial import cKDTree
+
+    from socmap.uncertainty.aoa import QUERY_CHUNK, nearest_distance
+
+    rng = np.random.default_rng(5)
+    points = rng.normal(size=(700, 20)) * rng.uniform(0.1, 3.0, 20)
+    query = np.vstack([points[:50] + 1e-9, rng.normal(size=(QUERY_CHUNK + 77, 20))])
+    out = nearest_distance(query, points)
+    expected = np.empty(len(query))
+    p_sq = np.einsum("ij,ij->i", points, points)
+    for start in range(0, len(query), QUERY_CHUNK):
+        chunk = query[start : start + QUERY_CHUNK]
+        nearest = np.argmin(p_sq[None, :] - 2.0 * (chunk @ points.T), axis=1)
+        diff = chunk - points[nearest]
+        expected[start : start + len(chunk)] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_allclose(out, cKDTree(points).query(query)[0], rtol=1e-9, atol=1e-12)
