@@ -18,7 +18,7 @@ import pandas as pd
 from socmap.config import SocmapConfig, load_config
 from socmap.evaluate import cross_validate, select_model
 from socmap.metrics import regression_metrics
-from socmap.models.base import FitData, predict_located
+from socmap.models.base import predict_located
 from socmap.models.registry import create_model
 from socmap.predict import INTERVAL_LEVELS
 from socmap.windows import PreparedData, prepare
@@ -55,20 +55,7 @@ def _fit_predict(
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
     model = create_model(name, config)
-    rows = np.arange(len(train_data.target))
-    fit_data = FitData(
-        train_data.windows,
-        train_data.target,
-        rows,
-        np.empty(0, np.int64),
-        train_data.meta.input_spec(),
-        train_data.coords,
-        train_data.sigma(),
-        config.train.seed,
-        workdir,
-        xy=train_data.xy,
-    )
-    info = model.fit(fit_data)
+    info = model.fit(train_data.fit_data(np.arange(len(train_data.target)), config.train.seed, workdir))
     for warning in info.warnings:
         print(f"warning: {name}: {warning}")
     point, _ = predict_located(model, np.asarray(test.windows), test.xy, INTERVAL_LEVELS)

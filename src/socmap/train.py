@@ -30,7 +30,7 @@ from socmap._atomic import atomic_file, check_output_dir, write_json
 from socmap.config import SocmapConfig
 from socmap.errors import InputError, OutputError
 from socmap.metrics import interval_metrics, regression_metrics
-from socmap.models import FitData, SocModel, create_model, load_model, predict_located, read_rows, save_model
+from socmap.models import SocModel, create_model, load_model, predict_located, read_rows, save_model
 from socmap.models.checks import degenerate_warning
 from socmap.runfolder import (
     AGGREGATED,
@@ -227,22 +227,7 @@ def fit_run(
     folder.mkdir(parents=True, exist_ok=True)
     model = create_model(config.train.model, config)
     model.model_id = f"{config.name}-{config.train.model}-run{run}-seed{seed}"
-    no_rows = np.empty(0, np.int64)  # never the test rows: an early-stopping model carves its own
-    fit_data = FitData(
-        data.windows,
-        data.target,
-        plan.train,
-        no_rows,
-        data.meta.input_spec(),
-        data.coords,
-        data.sigma(),
-        seed,
-        folder,
-        progress,
-        stop_after_epoch,
-        xy=data.xy,
-    )
-    info = model.fit(fit_data)
+    info = model.fit(data.fit_data(plan.train, seed, folder, progress, stop_after_epoch))
     save_model(model, folder)
     history = pd.DataFrame(info.history)
     fit = {k: v for k, v in info.to_json().items() if k != "warnings"}

@@ -42,7 +42,7 @@ from socmap.data import (
     read_block,
 )
 from socmap.errors import InputError, OutputError
-from socmap.models.base import InputSpec, TargetInfo
+from socmap.models.base import EpochCallback, FitData, InputSpec, TargetInfo
 
 __all__ = [
     "PreparedData",
@@ -291,6 +291,32 @@ class PreparedData:
         if "uncertainty" not in self.samples.columns:
             return None
         return self.samples["uncertainty"].to_numpy(np.float64)
+
+    def fit_data(
+        self,
+        train: NDArray[np.int64],
+        seed: int,
+        workdir: Path | None = None,
+        on_epoch: EpochCallback | None = None,
+        stop_after_epoch: int | None = None,
+    ) -> FitData:
+        """The inputs of one fit on rows ``train``, with no monitoring rows: an early-stopping model carves its
+        own from ``train``, so test rows are never seen (the one way train, cv, calibration and benchmarks
+        build a fit)."""
+        return FitData(
+            self.windows,
+            self.target,
+            np.asarray(train, np.int64),
+            np.empty(0, np.int64),
+            self.meta.input_spec(),
+            self.coords,
+            self.sigma(),
+            seed,
+            workdir,
+            on_epoch,
+            stop_after_epoch,
+            xy=self.xy,
+        )
 
     def subset(self, rows: NDArray[np.int64]) -> PreparedData:
         """The same windows with only ``rows`` of the sample table (row positions renumbered from 0)."""

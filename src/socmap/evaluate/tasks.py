@@ -33,7 +33,7 @@ from socmap import __version__
 from socmap._atomic import atomic_file, write_json
 from socmap.config import SocmapConfig
 from socmap.errors import InputError, OutputError
-from socmap.models import FitData, FitInfo, create_model, model_entry, predict_located, read_rows
+from socmap.models import FitInfo, create_model, model_entry, predict_located, read_rows
 from socmap.models.checks import degenerate_warning
 from socmap.windows import PreparedData, PreparedMeta
 
@@ -181,19 +181,7 @@ def _fit(task: FitTask, config: SocmapConfig, data: PreparedData) -> FoldFit:
     started = time.perf_counter()
     model = create_model(task.kind, config)
     model.model_id = f"{config.name}-{task.kind}-cv-fold{task.fold}"
-    fit_data = FitData(
-        data.windows,
-        data.target,
-        train,
-        np.empty(0, np.int64),  # an early-stopping model carves its own rows from `train`
-        data.meta.input_spec(),
-        data.coords,
-        data.sigma(),
-        config.train.seed,
-        task.workdir,
-        xy=data.xy,
-    )
-    info = model.fit(fit_data)
+    info = model.fit(data.fit_data(train, config.train.seed, task.workdir))
     point, quantiles = predict_located(model, read_rows(data.windows, test), data.xy[test], INTERVAL_LEVELS)
     if quantiles is not None and np.shape(quantiles) != (test.size, len(INTERVAL_LEVELS)):
         raise InputError(

@@ -28,7 +28,7 @@ from socmap._atomic import atomic_file, write_json
 from socmap.config import SocmapConfig
 from socmap.errors import InputError
 from socmap.metrics import interval_metrics
-from socmap.models import FitData, SocModel, create_model, predict_located, read_rows
+from socmap.models import SocModel, create_model, predict_located, read_rows
 from socmap.split import splitter_for
 from socmap.uncertainty.aoa import AreaOfApplicability, fit_aoa
 from socmap.uncertainty.conformal import Calibration, calibrate
@@ -115,19 +115,7 @@ def _fit_predict(
     for run in range(config.uncertainty.calibration_runs or config.train.num_runs):
         model = create_model(config.train.model, config)
         model.model_id = f"{config.name}-{config.train.model}-calibration-fold{fold}-run{run}"
-        fit = FitData(
-            data.windows,
-            data.target,
-            train,
-            np.empty(0, np.int64),
-            data.meta.input_spec(),
-            data.coords,
-            data.sigma(),
-            config.train.seed + run,
-            None,
-            xy=data.xy,
-        )
-        model.fit(fit)
+        model.fit(data.fit_data(train, config.train.seed + run))
         point, q = predict_located(model, windows, data.xy[test], LEVELS)
         points.append(np.asarray(point, np.float64))
         if q is not None:
