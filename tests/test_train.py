@@ -111,6 +111,38 @@ def test_refuses_to_overwrite_a_finished_run(trained, small_synth_dir: Path) -> 
         train(config(small_synth_dir), trained.out)
 
 
+def test_overwrite_keeps_the_previous_run_until_the_new_one_is_finished(
+    small_synth_dir: Path, prepared_small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed ``--overwrite`` puts the finished run back (same bytes); a killed one leaves it set aside until
+    a run finishes; a finished one removes it."""
+    import socmap.train as train_module
+
+    cfg = config(small_synth_dir, **{"train.model": "linear", "train.num_runs": 1})
+    out = tmp_path / "r"
+    train(cfg, out, prepared=prepared_small)
+    before = (out / "metrics.json").read_bytes()
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise InputError("fit failed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "_fit_runs", fail)
+        with pytest.raises(InputError, match=rf"^fit failed \(the previous run in {out} was put back\)$"):
+            train(cfg, out, prepared=prepared_small, overwrite=True)
+    assert (out / "metrics.json").read_bytes() == before
+    assert not train_module.replaced_dir(out).exists()
+    # a killed overwrite: the finished run is set aside, the new one unfinished; overwriting again keeps the
+    # finished one set aside (not the partial one) until a run finishes
+    train_module._set_aside(train_module.RunFolder(out))
+    (out / "config.yaml").parent.mkdir()
+    (out / "config.yaml").write_text((train_module.replaced_dir(out) / "config.yaml").read_text())
+    train_module._set_aside(train_module.RunFolder(out))
+    assert (train_module.replaced_dir(out) / "metrics.json").read_bytes() == before
+    result = train(config(small_synth_dir, **{"train.model": "linear", "train.seed": 7}), out, overwrite=True)
+    assert result.summary.runs[0].seed == 7 and not train_module.replaced_dir(out).exists()
+
+
 def test_early_stopping_restores_best_weights(
     small_synth_dir: Path, prepared_small: Path, tmp_path: Path
 ) -> None:

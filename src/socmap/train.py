@@ -16,6 +16,7 @@ validation). The stage knows no model kind: a kind registered later trains, maps
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from numpy.typing import NDArray
 
 from socmap._atomic import atomic_file, check_output_dir, write_json
 from socmap.config import SocmapConfig
-from socmap.errors import InputError, OutputError
+from socmap.errors import InputError, OutputError, SocmapError
 from socmap.metrics import interval_metrics, regression_metrics
 from socmap.models import SocModel, create_model, load_model, predict_located, read_rows, save_model
 from socmap.models.checks import degenerate_warning
@@ -280,11 +281,38 @@ def _open_run_folder(folder: RunFolder, config: SocmapConfig, resume: bool, over
                 f"run folder {out} is not empty and is not a socmap run folder (no config.yaml); refusing to "
                 "delete it: choose a new or empty --out"
             )
-        shutil.rmtree(out)
+        _set_aside(folder)
     check_output_dir(out, overwrite=True)
     out.mkdir(parents=True, exist_ok=True)
     folder.save_config(config)
     return config
+
+
+def replaced_dir(out: Path) -> Path:
+    """Where ``--overwrite`` keeps the previous finished run until the new one is finished."""
+    return out.with_name(f".{out.name}.replaced")
+
+
+def _set_aside(folder: RunFolder) -> None:
+    """Move the run folder that ``--overwrite`` replaces out of the way, keeping the last finished run: a new
+    run that fails gets it back, one that is killed leaves it in :func:`replaced_dir` until a ``--resume``
+    finishes."""
+    out, kept = folder.path, replaced_dir(folder.path)
+    if kept.exists() and not folder.is_finished():
+        shutil.rmtree(out)  # an unfinished attempt; the finished run set aside before is kept
+        return
+    shutil.rmtree(kept, ignore_errors=True)
+    os.replace(out, kept)
+
+
+def _restore_replaced(out: Path) -> bool:
+    """Put back the run set aside by :func:`_set_aside` after a failed new run; True if there was one."""
+    kept = replaced_dir(out)
+    if not kept.is_dir():
+        return False
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(kept, out)
+    return True
 
 
 def _write_split(folder: RunFolder, config: SocmapConfig, data: PreparedData, plans: list[SplitPlan]) -> None:
@@ -410,6 +438,24 @@ def train(
     """
     folder = RunFolder(Path(out))
     config = _open_run_folder(folder, config, resume, overwrite)
+    try:
+        result = _train_into(folder, config, prepared, overwrite, on_epoch)
+    except Exception as exc:
+        if _restore_replaced(folder.path) and isinstance(exc, SocmapError) and exc.args:
+            exc.args = (f"{exc.args[0]} (the previous run in {folder.path} was put back)", *exc.args[1:])
+        raise
+    shutil.rmtree(replaced_dir(folder.path), ignore_errors=True)  # the new run is finished
+    return result
+
+
+def _train_into(
+    folder: RunFolder,
+    config: SocmapConfig,
+    prepared: str | Path | None,
+    overwrite: bool,
+    on_epoch: EpochHook | None,
+) -> TrainResult:
+    """The body of :func:`train` once the run folder is open."""
     if config.train.threads:
         import torch
 
