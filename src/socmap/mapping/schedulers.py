@@ -63,6 +63,19 @@ def run_in_process(job: MapJob, todo: list[Block], progress: PixelProgress) -> N
     """
     loop_job = dataclasses.replace(job, batch_threads=torch.get_num_threads())
     members = job_members(job)
+    loop_blocks(
+        todo, lambda b, on_pixels: run_block(loop_job, b, members, on_pixels), progress, progress.block_done
+    )
+
+
+def loop_blocks(
+    todo: list[Block],
+    run_one: Callable[[Block, Callable[[int], None]], object],
+    progress: PixelProgress,
+    done: Callable[[Block], None],
+) -> None:
+    """Run ``run_one(block, on_pixels)`` for every block in this process, reporting the pixels of the block in
+    progress as they are predicted and calling ``done(block)`` after each (single- and multi-year maps)."""
     for block in todo:
         counted = 0
 
@@ -71,8 +84,8 @@ def run_in_process(job: MapJob, todo: list[Block], progress: PixelProgress) -> N
             counted += n
             progress.report(counted)
 
-        run_block(loop_job, block, members, on_pixels)
-        progress.block_done(block)
+        run_one(block, on_pixels)
+        done(block)
 
 
 def dead_worker(how: str, kept: str) -> OutputError:

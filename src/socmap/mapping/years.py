@@ -46,7 +46,7 @@ from socmap.mapping.blocks import (
 from socmap.mapping.cog import NODATA, map_band_names, write_outputs
 from socmap.mapping.plan import Block, MapJob, MapPlan, map_time_labels, open_blocks_dir, plan_map
 from socmap.mapping.previews import ColorLimits, color_limits
-from socmap.mapping.schedulers import PixelProgress, ProgressCallback, dead_worker
+from socmap.mapping.schedulers import PixelProgress, ProgressCallback, dead_worker, loop_blocks
 from socmap.mapping.uncertainty import model_kinds
 from socmap.models import SocModel
 
@@ -248,16 +248,9 @@ def _run(
     if client is None and scheduler is None:
         loop_jobs = tuple(dataclasses.replace(j, batch_threads=torch.get_num_threads()) for j in jobs)
         members = job_members(jobs[0])
-        for block in todo:
-            counted = 0
-
-            def on_pixels(n: int) -> None:
-                nonlocal counted
-                counted += n
-                progress.report(counted)
-
-            run_years_block(loop_jobs, block, members, on_pixels)
-            done(block)
+        loop_blocks(
+            todo, lambda b, on_pixels: run_years_block(loop_jobs, b, members, on_pixels), progress, done
+        )
     elif client is None and scheduler in {"threads", "processes"}:
         from dask.base import compute
         from dask.delayed import delayed
