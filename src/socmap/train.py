@@ -282,9 +282,13 @@ def _open_run_folder(folder: RunFolder, config: SocmapConfig, resume: bool, over
                 "delete it: choose a new or empty --out"
             )
         _set_aside(folder)
-    check_output_dir(out, overwrite=True)
-    out.mkdir(parents=True, exist_ok=True)
-    folder.save_config(config)
+    try:
+        check_output_dir(out, overwrite=True)
+        out.mkdir(parents=True, exist_ok=True)
+        folder.save_config(config)
+    except Exception:
+        _restore_replaced(out)
+        raise
     return config
 
 
