@@ -67,6 +67,17 @@ def test_schedule_is_counted_in_steps() -> None:
     assert (given.batch_size, given.epochs, given.patience, given.min_epochs) == (64, 4, 2, 4)
 
 
+def test_learning_rate_follows_the_batch_size() -> None:
+    """Default lr: 1e-3 x sqrt(batch / 256), checked against the batch sizes the schedule picks."""
+    assert resolve_schedule(TrainConfig(), 140).lr == pytest.approx(2.5e-4)  # batch 16
+    assert resolve_schedule(TrainConfig(), 2_000).lr == pytest.approx(1e-3 * math.sqrt(64 / 256))
+    assert resolve_schedule(TrainConfig(), 16_000).lr == pytest.approx(1e-3)  # batch 256
+    assert resolve_schedule(TrainConfig(lr=3e-3), 140).lr == 3e-3  # given: used as given
+    model = _model(max_steps=2, min_steps=0, lr=None)  # the default
+    info = model.fit(_data(120))
+    assert info.schedule["lr"] == pytest.approx(1e-3 * math.sqrt(info.schedule["batch_size"] / 256))
+
+
 def test_warm_up_never_restores_an_early_epoch() -> None:
     """A learning rate that makes the loss blow up after epoch 0 would restore epoch 0 without a warm-up."""
     data = _data(120)

@@ -243,7 +243,12 @@ class TrainConfig(_Section):
     target_transform: Literal["none", "log", "normalize"] = Field(
         "normalize", description="Transform of the target during training (inverted for every output)."
     )
-    lr: float = Field(2e-4, gt=0, description="Adam learning rate.")
+    lr: float | None = Field(
+        None,
+        gt=0,
+        description="Adam learning rate; None: 1e-3 x sqrt(batch size / 256), i.e. 2.5e-4 at batch 16 and 1e-3 "
+        "at 256 (larger batches average out more gradient noise and take a larger step).",
+    )
     weight_decay: float = Field(0.0, ge=0, description="Adam weight decay.")
     batch_size: int | None = Field(
         None, ge=1, description="Samples per batch; None: n_train/32 as a power of two within 16..256."

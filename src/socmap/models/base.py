@@ -220,7 +220,7 @@ class FitInfo:
     stopped_early: bool = False
     history: list[dict[str, float]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    schedule: dict[str, int] = field(default_factory=dict)
+    schedule: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The scalar fields (the history goes to ``history.csv``)."""

@@ -136,7 +136,7 @@ def build_optimisation(
     model: torch.nn.Module, tcfg: TrainConfig, schedule: Schedule
 ) -> tuple[torch.optim.Optimizer, Any]:
     """Adam (with weight decay) and the configured learning-rate schedule (or None)."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    optimizer = torch.optim.Adam(model.parameters(), lr=schedule.lr, weight_decay=tcfg.weight_decay)
     scheduler: Any = None
     if tcfg.lr_schedule == "plateau":
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
