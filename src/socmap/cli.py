@@ -169,7 +169,9 @@ def train(
     prepared: Annotated[
         Path | None, typer.Option("--prepared", help="Prepared folder to use/create (default: OUT/prepared).")
     ] = None,
-    lr: Annotated[float | None, typer.Option("--lr", help="Adam learning rate [1e-3 x sqrt(batch size/256)].")] = None,
+    lr: Annotated[
+        float | None, typer.Option("--lr", help="Adam learning rate [1e-3 x sqrt(batch size/256)].")
+    ] = None,
     loss_type: Annotated[
         str | None,
         typer.Option(
