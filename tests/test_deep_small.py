@@ -3,6 +3,7 @@ augmentation, the transformer / 3D CNN / bidirectional LSTM, seed ensembles and 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -114,17 +115,12 @@ def test_cv_reports_a_degenerate_fold(tmp_path: Path) -> None:
 
     data = _data(120)
 
-    class Prepared:  # the two attributes _fit reads besides windows/target
-        windows, target, coords, xy = data.windows, data.target, data.coords, np.zeros((120, 2))
-
-        class meta:
-            @staticmethod
-            def input_spec() -> InputSpec:
-                return SPEC
+    class Prepared:  # what _fit reads of a PreparedData
+        windows, target, xy = data.windows, data.target, np.zeros((120, 2))
 
         @staticmethod
-        def sigma() -> None:
-            return None
+        def fit_data(train: np.ndarray, seed: int, workdir: Path | None = None) -> FitData:
+            return dataclasses.replace(data.subset(train), seed=seed, workdir=workdir)
 
     config = SocmapConfig.model_validate(
         {"train": {**FAST, "lr": 1e-12, "max_steps": 20, "min_steps": 10}, "split": {"method": "random"}}
