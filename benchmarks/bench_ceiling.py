@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Row, print_table
+from common import Row, print_table, synth_config
 
 KINDS = ["cnn_lstm"]
 TARGET_SHARE = 0.97
@@ -28,21 +28,10 @@ def _train(
     data: Path, run_dir: Path, kind: str, runs: int, extra: dict[str, str]
 ) -> tuple[float, float, float]:
     """(R² of the selected run, R² of the mean of the runs, ceiling) on the test rows of one ``socmap train``."""
-    from socmap.config import load_config
     from socmap.train import train
 
-    config = load_config(
-        None,
-        {
-            "samples.path": str(data / "samples.csv"),
-            "covariates.root": str(data / "covariates"),
-            "filters.region": str(data / "region.geojson"),
-            "train.model": kind,
-            "train.num_runs": runs,
-            "train.wandb_mode": "disabled",
-            "uncertainty.calibration_folds": 0,
-            **extra,
-        },
+    config = synth_config(
+        data, {"train.model": kind, "train.num_runs": runs, "uncertainty.calibration_folds": 0, **extra}
     )
     result = train(config, run_dir, prepared=data.parent / "prepared", overwrite=True)
     summary = result.summary

@@ -20,26 +20,16 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Row, print_table
+from common import Row, print_table, synth_config
 
 
 def _train(data: Path, run_dir: Path, model: str) -> Path:
     """A calibrated run of ``model`` (reused when finished)."""
-    from socmap.config import load_config
     from socmap.train import train
 
     if not (run_dir / "metrics.json").is_file():
-        config = load_config(
-            None,
-            {
-                "samples.path": str(data / "samples.csv"),
-                "covariates.root": str(data / "covariates"),
-                "filters.region": str(data / "region.geojson"),
-                "train.model": model,
-                "train.num_runs": 1,
-                "train.wandb_mode": "disabled",
-                "uncertainty.calibration_folds": 5,
-            },
+        config = synth_config(
+            data, {"train.model": model, "train.num_runs": 1, "uncertainty.calibration_folds": 5}
         )
         train(config, run_dir, overwrite=True)
     return run_dir

@@ -6,6 +6,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from socmap.config import SocmapConfig
 
 
 @dataclass
@@ -51,6 +55,22 @@ def matmul_gflops(n: int = 2048, repeat: int = 5) -> float:
     return 2 * n**3 / seconds / 1e9
 
 
+def synth_config(data: Path, overrides: dict[str, object]) -> SocmapConfig:
+    """The config of a training run on a synthetic data folder (``socmap synth``) with ``overrides``."""
+    from socmap.config import load_config
+
+    return load_config(
+        None,
+        {
+            "samples.path": str(data / "samples.csv"),
+            "covariates.root": str(data / "covariates"),
+            "filters.region": str(data / "region.geojson"),
+            "train.wandb_mode": "disabled",
+            **overrides,
+        },
+    )
+
+
 def quick_run(data: Path, run_dir: Path, prepared: Path, overrides: dict[str, object] | None = None) -> Path:
     """A one-epoch training run on a synthetic data folder (reused when finished); torch threads restored.
 
@@ -58,22 +78,11 @@ def quick_run(data: Path, run_dir: Path, prepared: Path, overrides: dict[str, ob
     """
     import torch
 
-    from socmap.config import load_config
     from socmap.train import train
 
     if not (run_dir / "metrics.json").exists():
-        config = load_config(
-            None,
-            {
-                "samples.path": str(data / "samples.csv"),
-                "covariates.root": str(data / "covariates"),
-                "filters.region": str(data / "region.geojson"),
-                "train.epochs": 1,
-                "train.num_runs": 1,
-                "train.wandb_mode": "disabled",
-                "train.lr": 0.002,
-                **(overrides or {}),
-            },
+        config = synth_config(
+            data, {"train.epochs": 1, "train.num_runs": 1, "train.lr": 0.002, **(overrides or {})}
         )
         threads = torch.get_num_threads()
         train(config, run_dir, prepared=prepared, overwrite=True)
