@@ -245,7 +245,7 @@ def _bf16_rows(
     ]
 
 
-def run(work: Path, grid: str | None = None, kinds: str | None = None) -> list[Row]:
+def run(work: Path, grid: str | None = None, kinds: str | None = None, bf16: bool = True) -> list[Row]:
     work.mkdir(parents=True, exist_ok=True)
     grid = grid or os.environ.get("SOCMAP_BENCH_GRID", "small")
     bbox = GRIDS[grid]
@@ -296,7 +296,7 @@ def run(work: Path, grid: str | None = None, kinds: str | None = None) -> list[R
             )
         )
         rows.append(Row(f"models: {kind} peak RSS", rss, "GB", target="<= 2 GB", met=rss <= 2.0))
-        if kind in DEEP:
+        if kind in DEEP and bf16:
             rows += _bf16_rows(kind, plain_copy(run_dir), plain, work, bbox, _iqr(data, run_dir))
     if "qrf-bands" in results and "cnn_lstm-bands" in results:
         qrf, cnn = results["qrf-bands"], results["cnn_lstm-bands"]
@@ -328,6 +328,9 @@ if __name__ == "__main__":
     parser.add_argument(
         "--kinds", default=None, help="comma-separated kinds (default: every registered kind)"
     )
+    parser.add_argument(
+        "--no-bf16", action="store_true", help="skip the bf16 maps (slow on CPUs that emulate it)"
+    )
     args = parser.parse_args()
     os.environ.setdefault("WANDB_MODE", "disabled")
-    print_table(run(args.work, args.grid, args.kinds))
+    print_table(run(args.work, args.grid, args.kinds, bf16=not args.no_bf16))
