@@ -6,7 +6,7 @@ kind with socmap's defaults through ``socmap train`` (its 8 % test set, early st
 ``uncertainty.calibration_folds: 0``) and prints, per kind, the test R² of the selected run and of the mean of
 all runs (what ``map`` and ``predict`` use) as a share of the ceiling: the R² of the generator's noise-free
 truth on the same test rows, the best any model can score. Target: >= 97 % for the best deep kind.
-Long: one network of the CNN-LSTM takes about 8-15 minutes on 2 cores.
+One network of the CNN-LSTM takes 1-3 minutes on a quiet 2-core machine (8-15 with other jobs beside it).
 """
 
 from __future__ import annotations
