@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -41,7 +42,10 @@ PUBLISHED = pd.DataFrame(
 DEEP = {"train.wandb_mode": "disabled", "uncertainty.calibration_folds": 0}
 DEEP_MODELS = ["cnn_lstm", "transformer", "cnn3d"]
 SCHEDULER = "processes"  # cv's (model, fold) fits on two worker processes (issue 17; bench_cv.py times it)
-MODELS = [*DEEP_MODELS, "rf", "qrf", "xgb", "linear"]
+# SOCMAP_BENCH_MODELS=cnn_lstm,rf,... runs a subset (the deep kinds cost minutes per fit on 2 cores)
+MODELS = os.environ.get("SOCMAP_BENCH_MODELS", ",".join([*DEEP_MODELS, "rf", "qrf", "xgb", "linear"])).split(
+    ","
+)
 
 
 def _fit_predict(

@@ -471,6 +471,19 @@ def test_unfinished_run_folder_is_refused(run_dir: Path, tmp_path: Path) -> None
         map_soc(_opts(bbox=BBOX), folder, tmp_path / "u.tif")
 
 
+def _spy_precision(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The precision of every deep-model network call from now on (the option reached the model)."""
+    seen: list[str] = []
+    original = DeepModel.raw_output
+
+    def spy(self: DeepModel, windows: Any, batch_size: int = 4096) -> torch.Tensor:
+        seen.append(self.precision)
+        return original(self, windows, batch_size)
+
+    monkeypatch.setattr(DeepModel, "raw_output", spy)
+    return seen
+
+
 def test_bf16_map_is_within_tolerance_of_fp32_and_reaches_the_model(
     run_dir: Path, small_synth_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -482,14 +495,7 @@ def test_bf16_map_is_within_tolerance_of_fp32_and_reaches_the_model(
 
     from socmap.models.base import precision_note
 
-    seen: list[str] = []
-    original = DeepModel.raw_output
-
-    def spy(self: DeepModel, windows: Any, batch_size: int = 4096) -> torch.Tensor:
-        seen.append(self.precision)
-        return original(self, windows, batch_size)
-
-    monkeypatch.setattr(DeepModel, "raw_output", spy)
+    seen = _spy_precision(monkeypatch)
     fp32 = map_soc(_opts(bbox=BBOX, block_size=BLOCK), run_dir, tmp_path / "fp32.tif")
     assert set(seen) == {"fp32"}
     seen.clear()
@@ -522,14 +528,7 @@ def test_precision_flows_from_cli_and_config_into_the_model(
     from socmap.mapping.members import clear_cache
     from socmap.predict import predict_samples
 
-    seen: list[str] = []
-    original = DeepModel.raw_output
-
-    def spy(self: DeepModel, windows: Any, batch_size: int = 4096) -> torch.Tensor:
-        seen.append(self.precision)
-        return original(self, windows, batch_size)
-
-    monkeypatch.setattr(DeepModel, "raw_output", spy)
+    seen = _spy_precision(monkeypatch)
     bbox = ",".join(str(v) for v in BBOX)
     args = ["map", "--run", str(run_dir), "--year", str(YEAR), "--bbox", bbox, "--block-size", "64"]
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "a.tif"), "--precision", "bf16"])
