@@ -89,6 +89,42 @@ def test_warm_up_never_restores_an_early_epoch() -> None:
     assert len(info.history) >= plan["min_epochs"]
 
 
+def test_weight_average_is_the_ema_of_the_step_weights() -> None:
+    """``train.ema_steps``: the kept network is the exponential moving average (decay 1 - 1/k) of the weights
+    after every optimiser step, recomputed here from the steps themselves."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    from socmap.models.trainer import Tracking, fit_network
+    from socmap.normalize import Normalizer
+
+    data = dataclasses.replace(_data(64), seed=3)  # no monitoring rows: one epoch of 4 steps is kept
+    tcfg = TrainConfig(epochs=1, batch_size=16, lr=1e-2, ema_steps=3, grad_clip=0)
+    normalizer = Normalizer.fit(data.windows, data.train, list(SPEC.bands), [])
+    transform = TargetTransform("none").fit(data.target)
+    steps: list[list[torch.Tensor]] = []
+
+    def record(optimizer: torch.optim.Optimizer, *_: object) -> None:
+        steps.append([p.detach().clone() for g in optimizer.param_groups for p in g["params"]])
+
+    torch.manual_seed(3)
+    net = RefittedCovLSTM(2, window_size=5)
+    start = [p.detach().clone() for p in net.parameters()]
+    handle = register_optimizer_step_post_hook(record)
+    try:
+        fitted, _ = fit_network(net, data, normalizer, transform, tcfg, SamplingConfig(), Tracking())
+    finally:
+        handle.remove()
+    assert len(steps) == 4
+    decay = 1 - 1 / 3
+    average = steps[0]
+    for step in steps[1:]:
+        average = [decay * a + (1 - decay) * w for a, w in zip(average, step, strict=True)]
+    for kept, expected in zip(fitted.parameters(), average, strict=True):
+        torch.testing.assert_close(kept.detach(), expected, rtol=1e-5, atol=1e-6)
+    assert not all(torch.equal(e, w) for e, w in zip(average, steps[-1], strict=True))  # not the last step
+    assert not all(torch.equal(e, s) for e, s in zip(average, start, strict=True))
+
+
 # ------------------------------------------------------------------------------------------- collapse
 def test_degenerate_warning_numbers() -> None:
     rng = np.random.default_rng(1)

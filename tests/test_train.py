@@ -179,10 +179,18 @@ def test_early_stopping_restores_best_weights(
     assert m.metrics["n"] == test_rows.size  # the headline is the test set's
 
 
+@pytest.mark.parametrize("ema_steps", [0, 20])
 def test_resume_after_interruption_gives_identical_weights(
-    small_synth_dir: Path, prepared_small: Path, tmp_path: Path
+    small_synth_dir: Path, prepared_small: Path, tmp_path: Path, ema_steps: int
 ) -> None:
-    cfg = config(small_synth_dir, **{"train.epochs": 5, "train.num_runs": 1, "train.lr_schedule": "cosine"})
+    """Also with a weight average: the checkpoint carries it, so the resumed fit keeps the same average."""
+    options = {
+        "train.epochs": 5,
+        "train.num_runs": 1,
+        "train.lr_schedule": "cosine",
+        "train.ema_steps": ema_steps,
+    }
+    cfg = config(small_synth_dir, **options)
     full = train(cfg, tmp_path / "full", prepared=prepared_small)
 
     data = load_prepared(prepared_small)

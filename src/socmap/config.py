@@ -308,6 +308,12 @@ class TrainConfig(_Section):
         "its normalisation and target transform are kept.",
     )
     lr_schedule: Literal["none", "plateau", "cosine"] = Field("none", description="Learning-rate schedule.")
+    ema_steps: int = Field(
+        0,
+        ge=0,
+        description="Exponential moving average of the weights over about this many optimiser steps (decay "
+        "1 - 1/ema_steps); the average is what early stopping scores and what the fit keeps (0: off).",
+    )
     grad_clip: float = Field(1.0, ge=0, description="Clip the gradient norm to this (0: off).")
     use_validation: bool = Field(
         True,

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from numpy.typing import NDArray
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from socmap._atomic import atomic_file
@@ -194,7 +195,9 @@ class Checkpoint:
     def __init__(self, folder: Path | None) -> None:
         self.path = folder / CHECKPOINT if folder is not None else None
 
-    def load(self, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> LoopState:
+    def load(
+        self, model: torch.nn.Module, optimizer: Any, scheduler: Any, average: AveragedModel | None = None
+    ) -> LoopState:
         """The saved loop state (weights etc. restored into the given objects), or a fresh one."""
         if self.path is None or not self.path.is_file():
             return LoopState()
@@ -206,6 +209,8 @@ class Checkpoint:
             ) from None
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
+        if average is not None and ckpt.get("average") is not None:
+            average.load_state_dict(ckpt["average"])
         if scheduler is not None and ckpt.get("scheduler") is not None:
             scheduler.load_state_dict(ckpt["scheduler"])
         torch.set_rng_state(ckpt["torch_rng"])
@@ -219,7 +224,14 @@ class Checkpoint:
             int(ckpt["epoch"]) + 1,
         )
 
-    def save(self, model: torch.nn.Module, optimizer: Any, scheduler: Any, state: LoopState) -> None:
+    def save(
+        self,
+        model: torch.nn.Module,
+        optimizer: Any,
+        scheduler: Any,
+        state: LoopState,
+        average: AveragedModel | None = None,
+    ) -> None:
         """Write the checkpoint atomically (a killed process leaves the previous one)."""
         if self.path is None:
             return
@@ -228,6 +240,7 @@ class Checkpoint:
             "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "average": average.state_dict() if average is not None else None,
             "best_state": state.best_state,
             "best_loss": state.best_loss,
             "best_epoch": state.best_epoch,
@@ -274,8 +287,10 @@ def train_epoch(
     accelerator: Accelerator,
     tcfg: TrainConfig,
     use_sigma: bool,
+    average: AveragedModel | None = None,
 ) -> dict[str, float]:
-    """One pass over the loader; returns train_loss, seconds, data_seconds and samples."""
+    """One pass over the loader (updating the weight average after every step, if any); returns train_loss,
+    seconds, data_seconds and samples."""
     model.train()
     started = time.perf_counter()
     data_time, total, count = 0.0, 0.0, 0
@@ -288,6 +303,8 @@ def train_epoch(
         if tcfg.grad_clip > 0:
             accelerator.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
         optimizer.step()
+        if average is not None:
+            average.update_parameters(accelerator.unwrap_model(model))
         total += float(loss.detach()) * len(xb)
         count += len(xb)
         fetch_start = time.perf_counter()
@@ -313,12 +330,29 @@ class _Run:
     train: TensorSet
     monitor: TensorSet | None
     schedule: Schedule
+    average: AveragedModel | None = None
+
+    def scored(self) -> torch.nn.Module:
+        """The network early stopping scores and the fit keeps: the weight average if any, else the model."""
+        return self.average.module if self.average is not None else self.accelerator.unwrap_model(self.model)
+
+
+def weight_average(model: torch.nn.Module, ema_steps: int) -> AveragedModel | None:
+    """An exponential moving average of ``model``'s weights (decay ``1 - 1/ema_steps``), or None for 0.
+
+    Why: with a constant learning rate the weights after any one step carry that step's gradient noise, so the
+    early-stopping curve is noisy and the restored epoch is partly chance; an average over the last few hundred
+    steps is a smoother, usually better network (Polyak averaging). Buffers are averaged too."""
+    if ema_steps <= 0:
+        return None
+    decay = 1.0 - 1.0 / ema_steps
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def _monitor_row(run: _Run, data: FitData, transform: TargetTransform, tcfg: TrainConfig) -> dict[str, float]:
     """Monitoring loss and R²/RMSE/MAE (original scale) of the early-stopping rows."""
     assert run.monitor is not None
-    loss, out = evaluate_loss(run.model, run.loss_fn, run.monitor, run.accelerator.device)
+    loss, out = evaluate_loss(run.scored(), run.loss_fn, run.monitor, run.accelerator.device)
     quantiles = tuple(tcfg.quantiles)
     pred = transform.inverse(point_prediction(out, tcfg.loss_type, quantiles).double().numpy())
     m = regression_metrics(data.target[data.monitor], pred)
@@ -357,6 +391,7 @@ def _loop(
             run.accelerator,
             tcfg,
             run.train.sigma is not None,
+            run.average,
         )
         row: dict[str, float] = {"epoch": float(epoch), "train_loss": stats["train_loss"]}
         monitored = stats["train_loss"]
@@ -371,7 +406,7 @@ def _loop(
             pass  # warm-up: no epoch before it can be restored, nor count towards patience
         elif monitored < state.best_loss - tcfg.min_delta:
             state.best_loss, state.best_epoch, state.bad_epochs = monitored, epoch, 0
-            state.best_state = {k: v.detach().cpu().clone() for k, v in unwrapped.state_dict().items()}
+            state.best_state = {k: v.detach().cpu().clone() for k, v in run.scored().state_dict().items()}
         else:
             state.bad_epochs += 1
         _step_schedule(run.scheduler, monitored)
@@ -379,7 +414,7 @@ def _loop(
         if data.on_epoch is not None:
             data.on_epoch(epoch, row)
         state.next_epoch = epoch + 1
-        checkpoint.save(unwrapped, run.optimizer, run.scheduler, state)
+        checkpoint.save(unwrapped, run.optimizer, run.scheduler, state, run.average)
         if run.monitor is not None and state.bad_epochs >= plan.patience:
             return True
         if data.stop_after_epoch is not None and epoch >= data.stop_after_epoch:
@@ -420,9 +455,19 @@ def fit_network(
     accelerator = Accelerator()
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     run = _Run(
-        model, optimizer, scheduler, loader, sampler, loss_fn, accelerator, train_set, monitor_set, schedule
+        model,
+        optimizer,
+        scheduler,
+        loader,
+        sampler,
+        loss_fn,
+        accelerator,
+        train_set,
+        monitor_set,
+        schedule,
+        weight_average(accelerator.unwrap_model(model), tcfg.ema_steps),
     )
-    state = Checkpoint(data.workdir).load(accelerator.unwrap_model(model), optimizer, scheduler)
+    state = Checkpoint(data.workdir).load(accelerator.unwrap_model(model), optimizer, scheduler, run.average)
     tracker = _Tracker(tracking, data.workdir)
     n_parameters = sum(p.numel() for p in model.parameters())
     if state.next_epoch == 0:
@@ -431,6 +476,8 @@ def fit_network(
     final = accelerator.unwrap_model(model)
     if state.best_state is not None:
         final.load_state_dict(state.best_state)  # the best epoch's weights, not the last epoch's
+    elif run.average is not None:
+        final.load_state_dict(run.average.module.state_dict())
     info = FitInfo(n_parameters, len(state.history), state.best_epoch, stopped, state.history)
     info.schedule = schedule.to_json()
     if monitor_set is not None and not stopped and state.best_epoch == schedule.epochs - 1:
