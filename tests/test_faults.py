@@ -106,6 +106,34 @@ def test_checkpoint_torch_zip_failure_is_one_line(tmp_path: Path, monkeypatch: p
     assert path.read_bytes() == b"previous checkpoint" and leftovers(tmp_path) == []
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux) for a real short write")
+def test_xgboost_model_file_on_a_full_disk_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """XGBoost reports a full disk as its own error (``FileStream.Write incomplete``, a ValueError): the real
+    library error, produced by writing to /dev/full, becomes the one-line disk message; no file is left."""
+    from xgboost import XGBRegressor
+
+    from socmap.models.trees import ESTIMATOR_UBJ, XGBoostModel
+
+    rng = np.random.default_rng(0)
+    estimator = XGBRegressor(n_estimators=5, n_jobs=1).fit(rng.normal(size=(50, 3)), rng.normal(size=50))
+    full = tmp_path / "full.ubj"
+    full.symlink_to("/dev/full")
+    real_save = estimator.save_model
+    monkeypatch.setattr(estimator, "save_model", lambda _path: real_save(str(full)))
+    model = XGBoostModel()
+    model.estimator = estimator
+    folder = tmp_path / "model"
+    folder.mkdir()
+    with pytest.raises(OutputError) as info:
+        model.save_estimator(folder)
+    assert str(info.value) == (
+        f"cannot write model file {folder / ESTIMATOR_UBJ}: no space left on device (1.5 MB free); {HINT}"
+    )
+    assert list(folder.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     ("name", "code", "reason", "what"),
     [

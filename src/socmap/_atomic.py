@@ -43,12 +43,13 @@ DISK_ERRNOS = {
     errno.EACCES: "permission denied",
     errno.EPERM: "operation not permitted",
 }
-#: the same faults when a library reports them as text only (GDAL, torch's zip writer, numpy's short writes).
+#: the same faults when a library reports them as text only (GDAL, torch's zip writer, numpy's short writes,
+#: XGBoost's file stream).
 _TEXT_REASONS = (
     (
         re.compile(
             r"no space left|requested and \d+ written|unexpected pos|file write failed|free disk space available"
-            r"|write error|writeencoded\w* failed",
+            r"|write error|writeencoded\w* failed|filestream\.write incomplete",
             re.I,
         ),
         errno.ENOSPC,
@@ -81,9 +82,15 @@ def free_bytes(path: str | Path) -> int | None:
         return None
 
 
-def _is_gdal_error(exc: BaseException) -> bool:
-    """Whether ``exc`` is a GDAL error raised through rasterio (``CPLE_*``; not an OSError)."""
-    return type(exc).__module__.startswith("rasterio") or type(exc).__name__.startswith("CPLE_")
+def _is_library_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a writer library's own error type that may carry a disk fault as text: GDAL's through
+    rasterio (``CPLE_*``) or XGBoost's ``XGBoostError`` (a ValueError); neither is an OSError."""
+    kind = type(exc)
+    return (
+        kind.__module__.startswith(("rasterio", "xgboost"))
+        or kind.__name__.startswith("CPLE_")
+        or kind.__name__ == "XGBoostError"
+    )
 
 
 def _fault_errno(exc: BaseException) -> int | None:
@@ -91,7 +98,7 @@ def _fault_errno(exc: BaseException) -> int | None:
     code = getattr(exc, "errno", None)
     if isinstance(exc, OSError) and code in DISK_ERRNOS:
         return int(code)
-    if not isinstance(exc, (OSError, RuntimeError)) and not _is_gdal_error(exc):
+    if not isinstance(exc, (OSError, RuntimeError)) and not _is_library_error(exc):
         return None
     text = str(exc)
     for pattern, found in _TEXT_REASONS:
