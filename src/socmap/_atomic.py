@@ -86,11 +86,7 @@ def _is_library_error(exc: BaseException) -> bool:
     """Whether ``exc`` is a writer library's own error type that may carry a disk fault as text: GDAL's through
     rasterio (``CPLE_*``) or XGBoost's ``XGBoostError`` (a ValueError); neither is an OSError."""
     kind = type(exc)
-    return (
-        kind.__module__.startswith(("rasterio", "xgboost"))
-        or kind.__name__.startswith("CPLE_")
-        or kind.__name__ == "XGBoostError"
-    )
+    return kind.__module__.startswith(("rasterio", "xgboost")) or kind.__name__.startswith("CPLE_")
 
 
 def _fault_errno(exc: BaseException) -> int | None:

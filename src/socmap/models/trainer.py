@@ -342,7 +342,8 @@ def weight_average(model: torch.nn.Module, ema_steps: int) -> AveragedModel | No
 
     Why: with a constant learning rate the weights after any one step carry that step's gradient noise, so the
     early-stopping curve is noisy and the restored epoch is partly chance; an average over the last few hundred
-    steps is a smoother, usually better network (Polyak averaging). Buffers are averaged too."""
+    steps is smoother (Polyak averaging). Measured on synthetic Bavaria: single networks gained, an average of
+    runs did not (docs/benchmarks.md), so it is off by default. Buffers are averaged too."""
     if ema_steps <= 0:
         return None
     decay = 1.0 - 1.0 / ema_steps
