@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 import socmap.evaluate.tasks as tasks
@@ -33,7 +34,7 @@ def overrides(root: Path) -> dict[str, Any]:
         "samples.path": str(root / "samples.csv"),
         "covariates.root": str(root / "covariates"),
         "train.epochs": 1,
-        "train.seed_models": 1,
+        "train.seed_models": 2,  # on Dask, each network of the seed ensemble is a task of its own
         "train.batch_size": 128,
         "train.lstm_input_size": 16,
         "train.lstm_hidden_size": 16,
@@ -116,8 +117,17 @@ def test_dask_schedulers_equal_the_sequential_run_bit_for_bit(
     scheduler: str,
 ) -> None:
     """Also on processes, where one worker is SIGKILLed mid-fit: the unfinished fits run again in a fresh
-    pool and the numbers do not change."""
+    pool and the numbers do not change. The CNN-LSTM's two networks per fit run as tasks of their own."""
     seen: list[tuple[str, int]] = []
+    members: list[tuple[str, int, int]] = []
+    real_member = tasks.run_member
+
+    def member(task: tasks.FitTask, index: int, *args: Any) -> float:
+        members.append((task.kind, task.fold, index))
+        return real_member(task, index, *args)
+
+    if scheduler == "threads":  # in this process, not shipped: the calls can be counted
+        monkeypatch.setattr(tasks, "run_member", member)
 
     def run(name: str) -> CVResult:
         return cross_validate(
@@ -141,7 +151,47 @@ def test_dask_schedulers_equal_the_sequential_run_bit_for_bit(
     else:
         result = run(scheduler)
     assert sorted(seen) == sorted((m, k) for m in MODELS for k in range(FOLDS))  # each fit reported once
+    if scheduler == "threads":
+        assert sorted(members) == [("cnn_lstm", k, i) for k in range(FOLDS) for i in range(2)]
+    assert not list(result.out.glob("models/*/fold_*/seed_*/*.pt"))  # member files and checkpoints removed
     assert_same_tables(sequential.out, result.out)
+
+
+def test_networks_fitted_apart_join_to_the_same_model(
+    small_synth_dir: Path, prepared: PreparedData, tmp_path: Path
+) -> None:
+    """A seed ensemble fitted network by network (each possibly in another process) and joined equals the
+    one fit, weights and predictions bit for bit, and the member files are removed once joined."""
+    from socmap.models import MemberFit, create_model
+    from socmap.models.deep import DeepModel
+
+    cfg = config(small_synth_dir, **{"train.target_transform": "log", "train.back_transform": "mean"})
+    rows, test = np.arange(0, 300, dtype=np.int64), np.arange(300, 360, dtype=np.int64)
+    whole = create_model("cnn_lstm", cfg)
+    whole_info = whole.fit(prepared.fit_data(rows, 5, tmp_path / "whole"))
+    apart = create_model("cnn_lstm", cfg)
+    assert isinstance(apart, MemberFit) and apart.member_count(rows.size) == 2
+    assert isinstance(apart, DeepModel) and isinstance(whole, DeepModel)
+    data = prepared.fit_data(rows, 5, tmp_path / "apart")
+    files = [apart.fit_member(data, i) for i in (1, 0)]  # any order
+    assert [f.relative_to(tmp_path) for f in files] == [
+        Path("apart/seed_1/member.pt"),
+        Path("apart/seed_0/member.pt"),
+    ]
+    info = apart.fit_from_members(data)
+    assert not any(f.exists() for f in files)
+
+    def untimed(history: list[dict[str, float]]) -> list[dict[str, float]]:
+        return [{k: v for k, v in row.items() if not k.endswith("seconds")} for row in history]
+
+    assert info.to_json() == whole_info.to_json()
+    assert untimed(info.history) == untimed(whole_info.history) and len(info.history) > 0
+    assert apart.transform.to_dict() == whole.transform.to_dict()  # the smearing factor too
+    for (k, a), (_, b) in zip(apart.net.state_dict().items(), whole.net.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+    windows = prepared.windows[test]
+    np.testing.assert_array_equal(apart.predict(windows), whole.predict(windows))
+    assert not isinstance(create_model("rf", cfg), MemberFit)  # a tree fit is one task
 
 
 def test_workers_get_the_windows_by_file_name(prepared: PreparedData) -> None:
@@ -167,11 +217,11 @@ def test_resume_after_a_failure_reuses_finished_fits(
     cfg, out = config(small_synth_dir), tmp_path / "cv"
     real_fit, fitted, stop = tasks._fit, [], [True]
 
-    def fail_after_four(task: tasks.FitTask, *args: Any) -> tasks.FoldFit:
+    def fail_after_four(task: tasks.FitTask, *args: Any, **kwargs: Any) -> tasks.FoldFit:
         if stop[0] and len(fitted) == 4:
             raise RuntimeError("stop hook")
         fitted.append((task.kind, task.fold))
-        return real_fit(task, *args)
+        return real_fit(task, *args, **kwargs)
 
     monkeypatch.setattr(tasks, "_fit", fail_after_four)
     with pytest.raises(RuntimeError, match="stop hook"):

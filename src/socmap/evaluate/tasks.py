@@ -6,6 +6,9 @@ predictions) and then ``result.json`` (a fingerprint of everything the numbers d
 fit's work folder, so a killed run leaves only finished fits behind. :func:`load_fit` reads one back when its
 fingerprint still matches. :func:`run_fits` runs the tasks in this process, on Dask's local threads or
 processes, or on a dask.distributed cluster; whatever ran them, the caller assembles them in a fixed order.
+On Dask, a fit whose model is a set of independent members (:class:`~socmap.models.MemberFit`: a deep model's
+seed ensemble) is split further: each network is a task (:func:`run_member`), and the fit's task joins them,
+so five 60-second fits on two workers no longer end after three rounds; the joined fit equals the whole fit.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from socmap import __version__
 from socmap._atomic import atomic_file, write_json
 from socmap.config import SocmapConfig
 from socmap.errors import InputError, OutputError
-from socmap.models import FitInfo, create_model, model_entry, predict_located, read_rows
+from socmap.models import FitInfo, MemberFit, create_model, model_entry, predict_located, read_rows
 from socmap.models.checks import degenerate_warning
 from socmap.windows import PreparedData, PreparedMeta
 
@@ -175,13 +178,17 @@ def task_threads(config: SocmapConfig, scheduler: str | None) -> int | None:
     return None
 
 
-def _fit(task: FitTask, config: SocmapConfig, data: PreparedData) -> FoldFit:
-    """Fit a fresh model of the task's kind on its fold's training rows only and predict its test rows."""
+def _fit(task: FitTask, config: SocmapConfig, data: PreparedData, joined: bool = False) -> FoldFit:
+    """Fit a fresh model of the task's kind on its fold's training rows only and predict its test rows
+    (``joined``: join the members :func:`run_member` fitted instead of fitting)."""
     train, test = task.train, task.test
     started = time.perf_counter()
     model = create_model(task.kind, config)
     model.model_id = f"{config.name}-{task.kind}-cv-fold{task.fold}"
-    info = model.fit(data.fit_data(train, config.train.seed, task.workdir))
+    fit_data = data.fit_data(train, config.train.seed, task.workdir)
+    info = (
+        model.fit_from_members(fit_data) if joined and isinstance(model, MemberFit) else model.fit(fit_data)
+    )
     point, quantiles = predict_located(model, read_rows(data.windows, test), data.xy[test], INTERVAL_LEVELS)
     if quantiles is not None and np.shape(quantiles) != (test.size, len(INTERVAL_LEVELS)):
         raise InputError(
@@ -192,6 +199,16 @@ def _fit(task: FitTask, config: SocmapConfig, data: PreparedData) -> FoldFit:
     info.warnings.extend([warning] if warning else [])
     q = None if quantiles is None else np.asarray(quantiles)  # its own dtype, as the tables always had it
     return FoldFit(np.asarray(point, np.float64), q, seconds, info)
+
+
+def member_counts(tasks: list[FitTask], config: SocmapConfig) -> list[int]:
+    """Per task, the members its fit splits into (:class:`~socmap.models.MemberFit`: a deep model's seed
+    ensemble), each then a task of its own; 1: the fit is one task."""
+    counts = []
+    for task in tasks:
+        model = create_model(task.kind, config)
+        counts.append(model.member_count(int(task.train.size)) if isinstance(model, MemberFit) else 1)
+    return counts
 
 
 @contextlib.contextmanager
@@ -205,7 +222,21 @@ def _rng_guard(kind: str) -> Iterator[None]:
         yield
 
 
-def run_fit(task: FitTask, config: SocmapConfig, shared: Shared, threads: int | None) -> FoldFit:
+def _with_threads(config: SocmapConfig, threads: int | None) -> SocmapConfig:
+    """``config`` for a task on ``threads`` torch and tree threads (set in this process too)."""
+    threads = threads or config.train.threads or _worker_threads()
+    if not threads:
+        return config
+    import torch
+
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return config.model_copy(update={"train": config.train.model_copy(update={"threads": threads})})
+
+
+def run_fit(
+    task: FitTask, config: SocmapConfig, shared: Shared, threads: int | None, *members: float
+) -> FoldFit:
     """The task: fit, then write ``fit.json``, ``history.csv``, ``oof.npz`` and last ``result.json``.
 
     Args:
@@ -214,19 +245,22 @@ def run_fit(task: FitTask, config: SocmapConfig, shared: Shared, threads: int | 
         shared: the prepared data.
         threads: torch and tree threads of this fit (None: ``train.threads`` or, on a dask.distributed worker,
             the machine's cores // the worker's threads).
+        members: the seconds of the members :func:`run_member` fitted for this fit: join them instead of
+            fitting (their time is added to the fit's); none: fit here.
     """
-    threads = threads or config.train.threads or _worker_threads()
-    if threads:
-        import torch
-
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
-        config = config.model_copy(update={"train": config.train.model_copy(update={"threads": threads})})
-    if task.workdir.exists():
+    config = _with_threads(config, threads)
+    if not members and task.workdir.exists():
         shutil.rmtree(task.workdir)  # a stale checkpoint would be resumed
-    task.workdir.mkdir(parents=True)
+    task.workdir.mkdir(parents=True, exist_ok=True)
+    kept = {f"seed_{i}" for i in range(len(members))}
+    for stale in [p for p in task.workdir.iterdir() if p.name not in kept]:  # an earlier run's files
+        if stale.is_dir():
+            shutil.rmtree(stale)
+        else:
+            stale.unlink()
     with _rng_guard(task.kind):
-        fit = _fit(task, config, shared.data)
+        fit = _fit(task, config, shared.data, joined=bool(members))
+    fit.seconds += sum(members)
     (task.workdir / CHECKPOINT).unlink(missing_ok=True)
     info = fit.info
     write_json(
@@ -238,6 +272,23 @@ def run_fit(task: FitTask, config: SocmapConfig, shared: Shared, threads: int | 
             pd.DataFrame(info.history).to_csv(tmp, index=False)
     _save_fit(task, fit)
     return fit
+
+
+def run_member(task: FitTask, index: int, config: SocmapConfig, shared: Shared, threads: int | None) -> float:
+    """The task of one member of a fit (a network of a seed ensemble): fit it into ``seed_<index>`` of the
+    fit's work folder; returns its seconds. :func:`run_fit` with every member's seconds joins them."""
+    config = _with_threads(config, threads)
+    folder = task.workdir / f"seed_{index}"
+    if folder.exists():
+        shutil.rmtree(folder)  # a stale checkpoint would be resumed
+    folder.mkdir(parents=True)
+    started = time.perf_counter()
+    model = create_model(task.kind, config)
+    if not isinstance(model, MemberFit):
+        raise TypeError(f"model kind {task.kind!r} does not fit in members")
+    with _rng_guard(task.kind):
+        model.fit_member(shared.data.fit_data(task.train, config.train.seed, task.workdir), index)
+    return time.perf_counter() - started
 
 
 def _worker_threads() -> int | None:
@@ -332,29 +383,36 @@ def run_fits(
                 if before is not None:
                     before(i)
                 on_done(i, run_fit(task, config, shared, threads))
-        elif scheduler in {"threads", "processes"}:
-            _run_local(tasks, config, shared, scheduler, threads, on_done, out)
+            return
+        work = _Work(tasks, member_counts(tasks, config), config, shared, threads)
+        if scheduler in {"threads", "processes"}:
+            _run_local(work, scheduler, on_done, out)
         else:
-            _run_distributed(tasks, config, shared, scheduler, threads, on_done, out)
+            _run_distributed(work, scheduler, on_done, out)
     finally:
         torch.set_num_threads(restore)
 
 
-def _run_local(
-    tasks: list[FitTask],
-    config: SocmapConfig,
-    shared: Shared,
-    scheduler: str,
-    threads: int | None,
-    on_done: DoneCallback,
-    out: Path,
-) -> None:
-    """The fits as Dask tasks on local threads or processes (one fit per dispatch: fits differ in cost)."""
+@dataclass(frozen=True)
+class _Work:
+    """The tasks of a Dask run: each fit, and the members it splits into (see :func:`member_counts`)."""
+
+    tasks: list[FitTask]
+    members: list[int]
+    config: SocmapConfig
+    shared: Shared
+    threads: int | None
+
+
+def _run_local(work: _Work, scheduler: str, on_done: DoneCallback, out: Path) -> None:
+    """The fits as Dask tasks on local threads or processes (one task per dispatch: tasks differ in cost); a
+    seed ensemble's networks are tasks of their own, and the fit that joins them depends on them."""
     from dask.base import compute
     from dask.callbacks import Callback
-    from dask.delayed import delayed
+    from dask.delayed import Delayed, delayed
 
     reported: set[int] = set()
+    tasks, config, shared, threads = work.tasks, work.config, work.shared, work.threads
 
     def posttask(key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
         if isinstance(key, str) and key.startswith("socmap-cv-"):
@@ -362,56 +420,56 @@ def _run_local(
             reported.add(i)
             on_done(i, result)
 
-    for attempt in (1, 2):
-        todo = [i for i in range(len(tasks)) if i not in reported]
-        graph = [
-            delayed(run_fit, pure=False)(tasks[i], config, shared, threads, dask_key_name=f"socmap-cv-{i}")
-            for i in todo
+    def fit(i: int) -> Delayed:
+        members = [
+            delayed(run_member, pure=False)(
+                tasks[i], m, config, shared, threads, dask_key_name=f"socmap-cvm-{i}-{m}"
+            )
+            for m in range(work.members[i] if work.members[i] > 1 else 0)
         ]
+        return delayed(run_fit, pure=False)(
+            tasks[i], config, shared, threads, *members, dask_key_name=f"socmap-cv-{i}"
+        )
+
+    for attempt in (1, 2):
+        graph = [fit(i) for i in range(len(tasks)) if i not in reported]
         try:
             with Callback(posttask=posttask):
                 compute(*graph, scheduler=scheduler, chunksize=1)
             return
         except BrokenProcessPool:
-            for i in todo:  # fits a dead pool finished but did not report
-                fit = load_fit(tasks[i]) if i not in reported else None
-                if fit is not None:
+            for i in range(len(tasks)):  # fits a dead pool finished but did not report
+                fit_done = load_fit(tasks[i]) if i not in reported else None
+                if fit_done is not None:
                     reported.add(i)
-                    on_done(i, fit)
+                    on_done(i, fit_done)
             if attempt == 2:
                 raise OutputError(_dead_worker_message(len(reported), len(tasks), out)) from None
 
 
-def _run_distributed(
-    tasks: list[FitTask],
-    config: SocmapConfig,
-    shared: Shared,
-    address: str | Client,
-    threads: int | None,
-    on_done: DoneCallback,
-    out: Path,
-) -> None:
-    """The fits as tasks on a dask.distributed cluster (its workers must see ``out`` and the prepared data)."""
+def _run_distributed(work: _Work, address: str | Client, on_done: DoneCallback, out: Path) -> None:
+    """The fits as tasks on a dask.distributed cluster (its workers must see ``out`` and the prepared data); a
+    seed ensemble's networks are tasks of their own, and the fit that joins them depends on them."""
     from distributed import Client, KilledWorker, as_completed
 
     client = address if isinstance(address, Client) else Client(address)
-    run = uuid.uuid4().hex[:8]
+    run, tasks, threads = uuid.uuid4().hex[:8], work.tasks, work.threads
     try:
-        [config_future, shared_future] = client.scatter([config, shared], broadcast=True)
-        futures = {
-            client.submit(
-                run_fit,
-                t,
-                config_future,
-                shared_future,
-                threads,
-                key=f"socmap-cv-{run}-{i}",
-                pure=False,
-            ): i
-            for i, t in enumerate(tasks)
-        }
+        [config_future, shared_future] = client.scatter([work.config, work.shared], broadcast=True)
+        futures: dict[Any, int] = {}
+        for i, t in enumerate(tasks):
+            members = [
+                client.submit(
+                    run_member, t, m, config_future, shared_future, threads, key=f"socmap-cvm-{run}-{i}-{m}"
+                )
+                for m in range(work.members[i] if work.members[i] > 1 else 0)
+            ]
+            fit = client.submit(
+                run_fit, t, config_future, shared_future, threads, *members, key=f"socmap-cv-{run}-{i}"
+            )
+            futures[fit] = i
         try:
-            for future in as_completed(futures):
+            for future in as_completed(list(futures)):
                 on_done(futures[future], future.result())
         except (KilledWorker, CancelledError) as exc:  # a fit killed workers, or every copy of the data died
             client.cancel(list(futures))

@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -31,6 +31,7 @@ __all__ = [
     "FitData",
     "FitInfo",
     "InputSpec",
+    "MemberFit",
     "SocModel",
     "TargetInfo",
     "check_precision",
@@ -232,6 +233,25 @@ class FitInfo:
             "warnings": list(self.warnings),
         }
         return out | ({"schedule": dict(self.schedule)} if self.schedule else {})
+
+
+@runtime_checkable
+class MemberFit(Protocol):
+    """A model whose fit is a set of independent members (a deep model's seed ensemble): each member can be
+    fitted as its own task, in any process, and the fit joined from them afterwards (cv's finer unit of work,
+    which keeps every worker busy; the joined fit equals :meth:`SocModel.fit`'s)."""
+
+    def member_count(self, n_train: int) -> int:
+        """Members of a fit on ``n_train`` training rows (1: the fit is one unit of work)."""
+        ...
+
+    def fit_member(self, data: FitData, index: int) -> Path:
+        """Fit member ``index`` and write it under ``data.workdir``; returns its file."""
+        ...
+
+    def fit_from_members(self, data: FitData) -> FitInfo:
+        """The fit, from the members :meth:`fit_member` wrote for every index."""
+        ...
 
 
 def read_rows(windows: NDArray[np.float32], idx: IntArray) -> NDArray[np.float32]:

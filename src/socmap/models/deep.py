@@ -52,6 +52,7 @@ __all__ = [
 ]
 
 WEIGHTS_FILE = "model.pt"
+MEMBER_FILE = "member.pt"  # one network of a seed ensemble fitted as its own task (fit_member)
 Z95 = 1.6448536269514722  # standard normal 95% quantile
 MEMBER_SEED_STRIDE = 1_000_003  # member i of a fit with seed s uses seed s + i * stride
 
@@ -242,17 +243,20 @@ class DeepModel(SocModel):
             net, member, self.normalizer, self.transform, self.train_cfg, self.sampling, tracking
         )
 
-    def fit(self, data: FitData) -> FitInfo:
-        """A seed ensemble of ``train.seed_models`` networks (default by training size, see
-        :func:`auto_seed_models`), each early-stopping on its own inner split of the training rows (see
-        :meth:`early_stopping_rows`) so that together they learn from every training row; normaliser and target
-        transform from member 0's training rows; the log transform's smearing factor and the degenerate-model
-        check from each member's early-stopping rows (rows it did not fit on)."""
+    def member_count(self, n_train: int) -> int:
+        """Networks of a fit on ``n_train`` training rows: ``train.seed_models``, else by size (see
+        :func:`auto_seed_models`)."""
+        return self.train_cfg.seed_models or auto_seed_models(n_train)
+
+    def _members(self, data: FitData) -> tuple[DeepModel | None, list[FitData]]:
+        """The fine-tuning source and every member's rows, seed and work folder; sets the normaliser, target
+        transform and network spec (from member 0's training rows): the same in any process, so members can
+        be fitted apart (:meth:`fit_member`) and joined (:meth:`fit_from_members`)."""
         self.inputs, self.seed = data.inputs, data.seed
         source = self._source(data.inputs)
         first = self._start(data, source)
-        count = self.train_cfg.seed_models or auto_seed_models(int(data.train.size))
-        nets, infos, z_true, z_pred = [], [], [], []
+        count = self.member_count(int(data.train.size))
+        members = []
         for i in range(count):
             workdir = data.workdir if count == 1 or data.workdir is None else data.workdir / f"seed_{i}"
             member = (
@@ -262,10 +266,58 @@ class DeepModel(SocModel):
                     dataclasses.replace(data, seed=data.seed + i * MEMBER_SEED_STRIDE, workdir=workdir)
                 )
             )
-            member = dataclasses.replace(member, workdir=workdir)
-            net, info = self._fit_member(member, source)
-            nets.append(net)
-            infos.append(info)
+            members.append(dataclasses.replace(member, workdir=workdir))
+        return source, members
+
+    def fit(self, data: FitData) -> FitInfo:
+        """A seed ensemble of ``train.seed_models`` networks (default by training size, see
+        :func:`auto_seed_models`), each early-stopping on its own inner split of the training rows (see
+        :meth:`early_stopping_rows`) so that together they learn from every training row; normaliser and target
+        transform from member 0's training rows; the log transform's smearing factor and the degenerate-model
+        check from each member's early-stopping rows (rows it did not fit on)."""
+        source, members = self._members(data)
+        fitted = [self._fit_member(member, source) for member in members]
+        return self._join(data, members, fitted)
+
+    def fit_member(self, data: FitData, index: int) -> Path:
+        """Fit network ``index`` of the seed ensemble :meth:`fit` would fit on ``data`` and write it (weights
+        and fit report, loadable with ``weights_only=True``) into its work folder ``data.workdir/seed_<index>``;
+        returns that file. The networks of one fit are independent: cv runs them as separate tasks."""
+        source, members = self._members(data)
+        member = members[index]
+        if data.workdir is None or member.workdir is None or member.workdir == data.workdir:
+            raise ValueError("fit_member needs data.workdir and a seed ensemble of at least two networks")
+        member.workdir.mkdir(parents=True, exist_ok=True)
+        net, info = self._fit_member(member, source)
+        record = {
+            "weights": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
+            "info": dataclasses.asdict(info),
+        }
+        path = member.workdir / MEMBER_FILE
+        with atomic_file(path, f"network {index} of a seed ensemble") as tmp:
+            torch.save(record, tmp)
+        return path
+
+    def fit_from_members(self, data: FitData) -> FitInfo:
+        """The fit of :meth:`fit`, from the networks :meth:`fit_member` wrote for every index (the same
+        numbers as :meth:`fit` when each network was fitted with the same torch thread count)."""
+        _, members = self._members(data)
+        fitted = []
+        for member in members:
+            assert member.workdir is not None
+            record = torch.load(member.workdir / MEMBER_FILE, map_location="cpu", weights_only=True)
+            net = _build_one(self.net_spec)
+            net.load_state_dict(record["weights"])
+            fitted.append((net, FitInfo(**record["info"])))
+        return self._join(data, members, fitted)
+
+    def _join(
+        self, data: FitData, members: list[FitData], fitted: list[tuple[torch.nn.Module, FitInfo]]
+    ) -> FitInfo:
+        """The seed ensemble of the fitted networks; smearing and warnings from their early-stopping rows."""
+        count = len(members)
+        z_true, z_pred = [], []
+        for i, (member, (net, info)) in enumerate(zip(members, fitted, strict=True)):
             if member.monitor.size:
                 self.net = net
                 out = self.raw_output(read_rows(data.windows, member.monitor))
@@ -278,14 +330,17 @@ class DeepModel(SocModel):
                 )
                 warning = degenerate_warning(data.target[member.monitor], self._point(out), label)
                 info.warnings.extend([warning] if warning else [])
+        nets = [net for net, _ in fitted]
         self.net = nets[0] if count == 1 else SeedEnsemble(nets)
         self.net_spec = {**self.net_spec, "members": count}
         if z_true and self.train_cfg.back_transform == "mean" and self.loss_type != "gaussian_nll":
             self.transform.fit_smearing(np.concatenate(z_true), np.concatenate(z_pred))
         if count > 1 and data.workdir is not None:
-            for i in range(count):
-                (data.workdir / f"seed_{i}" / "checkpoint.pt").unlink(missing_ok=True)
-        return self._combined(infos)
+            for member in members:
+                assert member.workdir is not None
+                (member.workdir / "checkpoint.pt").unlink(missing_ok=True)
+                (member.workdir / MEMBER_FILE).unlink(missing_ok=True)
+        return self._combined([info for _, info in fitted])
 
     def _combined(self, infos: list[FitInfo]) -> FitInfo:
         """Member 0's history and epochs (the run's early-stopping score), every member's warnings."""
