@@ -2,7 +2,9 @@
 (every core per fit) vs two local worker processes (one core per fit), on Edgeroi carbon density 0-5 cm when
 ../shared/data is present (else the small synthetic set), five kinds x 5 spatial-block folds, every kind at
 socmap's defaults (the CNN-LSTM: the step schedule with early stopping and its default seed ensemble), i.e. the
-cv a user runs. A much smaller workload (one network of 15 epochs per fit, about 25 s in all) is dominated by
+cv a user runs. On processes, each network of a seed ensemble is a task of its own (five networks x five folds
+= 25 CNN-LSTM tasks of about 12 s instead of five 60-second fits, of which two workers need three rounds).
+A much smaller workload (one network of 15 epochs per fit, about 25 s in all) is dominated by
 the two worker processes' start-up (each imports socmap, torch and the tree libraries: about 5 s) and showed
 1.0-1.5x on a quiet machine.
 

@@ -50,6 +50,7 @@ def test_sigkill_during_training_then_resume_gives_identical_models(
                     "lr": 0.001,
                     "lstm_input_size": 32,  # a small LSTM: the resume logic does not depend on its size
                     "lstm_hidden_size": 32,
+                    "checkpoint_seconds": 0,  # after every epoch: the kill below waits for epoch 2's
                 },
                 "uncertainty": {"calibration_folds": 0},
             }

@@ -179,16 +179,42 @@ def test_early_stopping_restores_best_weights(
     assert m.metrics["n"] == test_rows.size  # the headline is the test set's
 
 
-@pytest.mark.parametrize("ema_steps", [0, 20])
+class TickingClock:
+    """``time`` for the trainer whose ``monotonic`` advances one second per call (checkpoint timing)."""
+
+    def __init__(self) -> None:
+        import time
+
+        self.now, self.perf_counter = 0.0, time.perf_counter
+
+    def monotonic(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+@pytest.mark.parametrize(
+    ("ema_steps", "checkpoint_seconds", "saved_epoch"), [(0, 0.0, 2), (20, 0.0, 2), (0, 1.5, 1)]
+)
 def test_resume_after_interruption_gives_identical_weights(
-    small_synth_dir: Path, prepared_small: Path, tmp_path: Path, ema_steps: int
+    small_synth_dir: Path,
+    prepared_small: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    ema_steps: int,
+    checkpoint_seconds: float,
+    saved_epoch: int,
 ) -> None:
-    """Also with a weight average: the checkpoint carries it, so the resumed fit keeps the same average."""
+    """Also with a weight average (the checkpoint carries it, so the resumed fit keeps the same average), and
+    with a checkpoint older than the interruption (written every 1.5 s of a clock ticking once per read: after
+    epoch 1, not 2), from which the resumed fit replays epoch 2 to the same numbers."""
+    import socmap.models.trainer as trainer
+
     options = {
         "train.epochs": 5,
         "train.num_runs": 1,
         "train.lr_schedule": "cosine",
         "train.ema_steps": ema_steps,
+        "train.checkpoint_seconds": checkpoint_seconds,
     }
     cfg = config(small_synth_dir, **options)
     full = train(cfg, tmp_path / "full", prepared=prepared_small)
@@ -196,9 +222,11 @@ def test_resume_after_interruption_gives_identical_weights(
     data = load_prepared(prepared_small)
     plan = make_split(cfg, data, cfg.split.seed)
     folder = tmp_path / "interrupted"
-    with pytest.raises(KeyboardInterrupt):
+    monkeypatch.setattr(trainer, "time", TickingClock())
+    with pytest.raises(KeyboardInterrupt, match="after epoch 2"):
         fit_run(cfg, data, plan, 0, folder / "runs" / "run_0", stop_after_epoch=2)
-    assert (folder / "runs" / "run_0" / "checkpoint.pt").is_file()
+    checkpoint = torch.load(folder / "runs" / "run_0" / "checkpoint.pt", weights_only=True)
+    assert checkpoint["epoch"] == saved_epoch
     assert not (folder / "runs" / "run_0" / "model.pt").exists()
     (folder / "config.yaml").write_text((full.out / "config.yaml").read_text())
     resumed = train(cfg, folder, prepared=prepared_small, resume=True)

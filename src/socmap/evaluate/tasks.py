@@ -141,7 +141,7 @@ def fit_fingerprint(
     config: SocmapConfig, data: PreparedData, kind: str, train: IntArray, test: IntArray
 ) -> str:
     """A hash of what a fit's numbers depend on: the config (without the sections that do not change a fit:
-    ``map``, ``cv``, ``uncertainty``, the name, thread counts and tracking; of ``models`` only the kind's own
+    ``map``, ``cv``, ``uncertainty``, the name, thread counts, checkpoint interval and tracking; of ``models`` only the kind's own
     options, except for blends and kriging, which build other kinds), the prepared data (its input
     fingerprint, sample ids and targets), the kind, the fold's rows and socmap's version.
 
@@ -152,7 +152,7 @@ def fit_fingerprint(
         train, test: the fold's row indices.
     """
     dumped = config.model_dump(mode="json", exclude={"map", "cv", "uncertainty", "name", "base_dir"})
-    for key in ("threads", "wandb_mode", "wandb_project"):
+    for key in ("threads", "wandb_mode", "wandb_project", "checkpoint_seconds"):
         dumped["train"].pop(key, None)
     if model_entry(kind).family in SELF_CONTAINED_FAMILIES:  # blends and kriging read other kinds' options
         dumped["models"] = {kind: dumped["models"].get(kind, {})}

@@ -2,8 +2,8 @@
 
 :func:`fit_network` trains one network with Accelerate (plain ``python`` on a CPU, ``accelerate launch`` on
 GPUs), early stopping on the monitoring rows with a restore of the best epoch's weights (a real copy), a
-checkpoint after every epoch (``workdir/checkpoint.pt``, ``weights_only`` loadable) so an interrupted fit resumes
-to the same weights, and local + W&B (offline by default) tracking. The parts mirror torchgeo's trainer hooks:
+checkpoint after an epoch every ``train.checkpoint_seconds`` (``workdir/checkpoint.pt``, ``weights_only``
+loadable) so an interrupted fit resumes (replaying the epochs after it) to the same weights, and local + W&B (offline by default) tracking. The parts mirror torchgeo's trainer hooks:
 :func:`build_tensors`, :func:`build_optimisation`, :func:`build_sampler`, :class:`Checkpoint`,
 :func:`train_epoch`, :func:`evaluate_loss`.
 """
@@ -190,7 +190,8 @@ class LoopState:
 
 
 class Checkpoint:
-    """``checkpoint.pt`` after every epoch: weights, optimiser, schedule, loop state and the torch RNG."""
+    """``checkpoint.pt`` after an epoch (every ``train.checkpoint_seconds``): weights, optimiser, schedule, loop
+    state and the torch RNG, so a resumed fit replays the later epochs exactly."""
 
     def __init__(self, folder: Path | None) -> None:
         self.path = folder / CHECKPOINT if folder is not None else None
@@ -376,7 +377,7 @@ def _loop(
     tracker: _Tracker,
 ) -> bool:
     """Epochs from ``state.next_epoch`` until the budget or early stopping; returns whether it stopped early."""
-    checkpoint = Checkpoint(data.workdir)
+    checkpoint, last_saved = Checkpoint(data.workdir), time.monotonic()
     unwrapped = run.accelerator.unwrap_model(run.model)
     plan = run.schedule
     if state.history and run.monitor is not None and state.bad_epochs >= plan.patience:
@@ -415,7 +416,9 @@ def _loop(
         if data.on_epoch is not None:
             data.on_epoch(epoch, row)
         state.next_epoch = epoch + 1
-        checkpoint.save(unwrapped, run.optimizer, run.scheduler, state, run.average)
+        if time.monotonic() - last_saved >= tcfg.checkpoint_seconds:
+            checkpoint.save(unwrapped, run.optimizer, run.scheduler, state, run.average)
+            last_saved = time.monotonic()
         if run.monitor is not None and state.bad_epochs >= plan.patience:
             return True
         if data.stop_after_epoch is not None and epoch >= data.stop_after_epoch:
