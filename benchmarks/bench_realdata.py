@@ -39,7 +39,11 @@ PUBLISHED = pd.DataFrame(
 )
 # Deep models run with socmap's defaults (the schedule follows the data size, see socmap.models.schedule).
 # The published-split fits score points only: no interval calibration (cv calibrates out of fold anyway).
-DEEP = {"train.wandb_mode": "disabled", "uncertainty.calibration_folds": 0}
+# SOCMAP_BENCH_SET="train.input_noise=0.1 train.lr_schedule=cosine" adds config overrides to every run (options
+# measured against the defaults in docs/benchmarks.md).
+DEEP = {"train.wandb_mode": "disabled", "uncertainty.calibration_folds": 0} | dict(
+    item.split("=", 1) for item in os.environ.get("SOCMAP_BENCH_SET", "").split()
+)
 DEEP_MODELS = ["cnn_lstm", "transformer", "cnn3d"]
 SCHEDULER = "processes"  # cv's (model, fold) fits on two worker processes (issue 17; bench_cv.py times it)
 # SOCMAP_BENCH_MODELS=cnn_lstm,rf,... runs a subset (the deep kinds cost minutes per fit on 2 cores)
