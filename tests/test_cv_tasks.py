@@ -21,6 +21,7 @@ import yaml
 
 import socmap.evaluate.tasks as tasks
 from socmap.config import SocmapConfig, load_config
+from socmap.errors import OutputError
 from socmap.evaluate import CVResult, cross_validate
 from socmap.windows import PreparedData, prepare
 
@@ -173,7 +174,12 @@ def test_networks_fitted_apart_join_to_the_same_model(
     assert isinstance(apart, MemberFit) and apart.member_count(rows.size) == 2
     assert isinstance(apart, DeepModel) and isinstance(whole, DeepModel)
     data = prepared.fit_data(rows, 5, tmp_path / "apart")
-    files = [apart.fit_member(data, i) for i in (1, 0)]  # any order
+    files = [apart.fit_member(data, 1)]  # any order
+    with pytest.raises(
+        OutputError, match=r"network 0 of a cnn_lstm seed ensemble: .*seed_0/member.pt is missing"
+    ):
+        apart.fit_from_members(data)  # a network not fitted (or on another file system): one line
+    files.append(apart.fit_member(data, 0))
     assert [f.relative_to(tmp_path) for f in files] == [
         Path("apart/seed_1/member.pt"),
         Path("apart/seed_0/member.pt"),

@@ -21,7 +21,7 @@ from numpy.typing import NDArray
 
 from socmap._atomic import atomic_file
 from socmap.config import SamplingConfig, SocmapConfig, SplitConfig, TrainConfig
-from socmap.errors import InputError
+from socmap.errors import InputError, OutputError
 from socmap.losses import n_outputs_for, point_prediction
 from socmap.models.base import (
     PREDICT_BATCH,
@@ -303,9 +303,16 @@ class DeepModel(SocModel):
         numbers as :meth:`fit` when each network was fitted with the same torch thread count)."""
         _, members = self._members(data)
         fitted = []
-        for member in members:
+        for i, member in enumerate(members):
             assert member.workdir is not None
-            record = torch.load(member.workdir / MEMBER_FILE, map_location="cpu", weights_only=True)
+            path = member.workdir / MEMBER_FILE
+            try:
+                record = torch.load(path, map_location="cpu", weights_only=True)
+            except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+                raise OutputError(
+                    f"network {i} of a {self.kind} seed ensemble: {path} is missing or unreadable "
+                    f"({type(exc).__name__}); every worker must see the same cv folder"
+                ) from None
             net = _build_one(self.net_spec)
             net.load_state_dict(record["weights"])
             fitted.append((net, FitInfo(**record["info"])))
