@@ -3,7 +3,8 @@
 :func:`fit_network` trains one network with Accelerate (plain ``python`` on a CPU, ``accelerate launch`` on
 GPUs), early stopping on the monitoring rows with a restore of the best epoch's weights (a real copy), a
 checkpoint after an epoch every ``train.checkpoint_seconds`` (``workdir/checkpoint.pt``, ``weights_only``
-loadable) so an interrupted fit resumes (replaying the epochs after it) to the same weights, and local + W&B (offline by default) tracking. The parts mirror torchgeo's trainer hooks:
+loadable) so an interrupted fit resumes (replaying the epochs after it) to the same weights, and local + W&B
+(offline by default) tracking. The parts mirror torchgeo's trainer hooks:
 :func:`build_tensors`, :func:`build_optimisation`, :func:`build_sampler`, :class:`Checkpoint`,
 :func:`train_epoch`, :func:`evaluate_loss`.
 """
