@@ -249,11 +249,9 @@ def run_fit(
             fitting (their time is added to the fit's); none: fit here.
     """
     config = _with_threads(config, threads)
-    if not members and task.workdir.exists():
-        shutil.rmtree(task.workdir)  # a stale checkpoint would be resumed
     task.workdir.mkdir(parents=True, exist_ok=True)
-    kept = {f"seed_{i}" for i in range(len(members))}
-    for stale in [p for p in task.workdir.iterdir() if p.name not in kept]:  # an earlier run's files
+    kept = {f"seed_{i}" for i in range(len(members))}  # the networks to join; nothing else is kept
+    for stale in [p for p in task.workdir.iterdir() if p.name not in kept]:  # a stale checkpoint would resume
         if stale.is_dir():
             shutil.rmtree(stale)
         else:
