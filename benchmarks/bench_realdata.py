@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from socmap.config import SocmapConfig, load_config
+from socmap.config import SocmapConfig, load_config, parse_override
 from socmap.evaluate import cross_validate, select_model
 from socmap.metrics import regression_metrics
 from socmap.models.base import predict_located
@@ -39,10 +39,10 @@ PUBLISHED = pd.DataFrame(
 )
 # Deep models run with socmap's defaults (the schedule follows the data size, see socmap.models.schedule).
 # The published-split fits score points only: no interval calibration (cv calibrates out of fold anyway).
-# SOCMAP_BENCH_SET="train.input_noise=0.1 train.lr_schedule=cosine" adds config overrides to every run (options
-# measured against the defaults in docs/benchmarks.md).
+# SOCMAP_BENCH_SET="train.input_noise=0.1 covariates.categorical=[LCEE10]" adds config overrides to every run
+# (options measured against the defaults in docs/benchmarks.md); values are YAML, as in the CLI's --set.
 DEEP = {"train.wandb_mode": "disabled", "uncertainty.calibration_folds": 0} | dict(
-    item.split("=", 1) for item in os.environ.get("SOCMAP_BENCH_SET", "").split()
+    parse_override(item) for item in os.environ.get("SOCMAP_BENCH_SET", "").split()
 )
 DEEP_MODELS = ["cnn_lstm", "transformer", "cnn3d"]
 SCHEDULER = "processes"  # cv's (model, fold) fits on two worker processes (issue 17; bench_cv.py times it)
