@@ -174,11 +174,13 @@ def plain_copy(run: Path) -> Path:
     return target
 
 
-def _train(data: Path, work: Path, kind: str) -> Path:
+def _train(data: Path, work: Path, kind: str, extra: dict[str, object] | None = None) -> Path:
+    """One quick run of ``kind`` (reused when finished); ``extra`` overrides name their own run folder."""
     overrides: dict[str, object] = {"train.model": kind, "uncertainty.calibration_folds": 2}
     if kind in DEEP:
         overrides["train.seed_models"] = 1
-    return quick_run(data, work / f"run-{kind}", work / "prepared", overrides)
+    tag = "".join(f"-{k}={v}" for k, v in (extra or {}).items())
+    return quick_run(data, work / f"run-{kind}{tag}", work / "prepared", {**overrides, **(extra or {})})
 
 
 def _kinds(selected: str | None) -> list[str]:
@@ -245,7 +247,13 @@ def _bf16_rows(
     ]
 
 
-def run(work: Path, grid: str | None = None, kinds: str | None = None, bf16: bool = True) -> list[Row]:
+def run(
+    work: Path,
+    grid: str | None = None,
+    kinds: str | None = None,
+    bf16: bool = True,
+    extra: dict[str, object] | None = None,
+) -> list[Row]:
     work.mkdir(parents=True, exist_ok=True)
     grid = grid or os.environ.get("SOCMAP_BENCH_GRID", "small")
     bbox = GRIDS[grid]
@@ -258,7 +266,7 @@ def run(work: Path, grid: str | None = None, kinds: str | None = None, bf16: boo
     results: dict[str, dict[str, Any]] = {}
     for kind in selected:
         started = time.perf_counter()
-        run_dir = _train(data, work, kind)
+        run_dir = _train(data, work, kind, extra)
         trained = time.perf_counter() - started
         for variant, folder in (("plain", plain_copy(run_dir)), ("bands", run_dir)):
             m = map_child(folder, work / f"{kind}-{variant}.tif", bbox)
@@ -331,6 +339,12 @@ if __name__ == "__main__":
     parser.add_argument(
         "--no-bf16", action="store_true", help="skip the bf16 maps (slow on CPUs that emulate it)"
     )
+    parser.add_argument(
+        "--set", nargs="*", default=[], help="config overrides KEY=VALUE of the trained runs (YAML values)"
+    )
     args = parser.parse_args()
     os.environ.setdefault("WANDB_MODE", "disabled")
-    print_table(run(args.work, args.grid, args.kinds, bf16=not args.no_bf16))
+    from socmap.config import parse_override
+
+    overrides = dict(parse_override(item) for item in args.set)
+    print_table(run(args.work, args.grid, args.kinds, bf16=not args.no_bf16, extra=overrides))

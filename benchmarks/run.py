@@ -17,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_backtransform
 import bench_ceiling
 import bench_cpu_options
 import bench_cv
@@ -43,6 +44,7 @@ SUITES = {
     "years": bench_years.run,
     "cv": bench_cv.run,
     "ceiling": bench_ceiling.run,
+    "backtransform": bench_backtransform.suite,
 }
 
 
@@ -62,7 +64,7 @@ def main() -> None:
         "--only",
         nargs="*",
         choices=sorted(SUITES),
-        help="run only these suites (default: all but realdata, models and ceiling)",
+        help="run only these suites (default: all but realdata, models, ceiling and backtransform)",
     )
     parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temp folder)")
     args = parser.parse_args()
@@ -72,7 +74,9 @@ def main() -> None:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="socmap-bench-") as tmp:
         work = args.workdir or Path(tmp)
-        for name in args.only or [s for s in SUITES if s not in {"realdata", "models", "ceiling"}]:
+        for name in args.only or [
+            s for s in SUITES if s not in {"realdata", "models", "ceiling", "backtransform"}
+        ]:
             started = time.perf_counter()
             rows.extend(SUITES[name](work / name))
             print(f"[{name}] done in {time.perf_counter() - started:.1f} s", flush=True)

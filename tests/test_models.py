@@ -26,6 +26,8 @@ def expected_parameters(c: int, window: int, hidden: int = 128, feat: int = 128,
 def test_parameter_count_six_bands_5x5() -> None:
     model = RefittedCovLSTM(6)
     assert count_parameters(model) == expected_parameters(6, 5) == 307_233  # "about 307k"
+    small = RefittedCovLSTM(6, lstm_input_size=32, lstm_hidden_size=32)  # socmap's width below 4,000 samples
+    assert count_parameters(small) == expected_parameters(6, 5, hidden=32, feat=32) == 44_481  # "44k"
 
 
 @pytest.mark.parametrize(("channels", "window", "steps"), [(6, 5, 5), (3, 4, 1), (15, 9, 12), (1, 7, 3)])

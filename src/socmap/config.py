@@ -226,8 +226,15 @@ class TrainConfig(_Section):
         "cnn_lstm",
         description="Model kind of `socmap train` (cnn_lstm, rf, qrf, xgb, linear, ensemble or a registered kind).",
     )
-    lstm_input_size: int = Field(128, ge=1, description="CNN feature size fed to the LSTM per step.")
-    lstm_hidden_size: int = Field(128, ge=1, description="LSTM hidden size.")
+    lstm_input_size: int | None = Field(
+        None,
+        ge=1,
+        description="cnn_lstm: CNN feature size fed to the LSTM per step; None: by training size (32 below "
+        "4,000 training samples, else the seed project's 128).",
+    )
+    lstm_hidden_size: int | None = Field(
+        None, ge=1, description="cnn_lstm: LSTM hidden size; None: by training size, as lstm_input_size."
+    )
     num_layers: int = Field(2, ge=1, description="LSTM layers.")
     dropout: float = Field(0.25, ge=0, lt=1, description="Dropout between LSTM layers.")
     loss_type: Literal["l1", "mse", "composite_l1", "composite_l2", "gaussian_nll", "quantile"] = Field(
@@ -298,8 +305,8 @@ class TrainConfig(_Section):
     )
     back_transform: Literal["mean", "median"] = Field(
         "mean",
-        description="target_transform log: predict the mean (Duan's smearing / the lognormal variance "
-        "correction, from early-stopping residuals) or the median (plain back-transform).",
+        description="target_transform log: predict the mean (a ratio factor from the early-stopping rows / "
+        "the lognormal variance correction of a gaussian_nll head) or the median (plain back-transform).",
     )
     bidirectional: bool = Field(False, description="cnn_lstm: a bidirectional LSTM over the time steps.")
     init_from: Path | None = Field(

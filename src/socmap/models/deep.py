@@ -9,6 +9,7 @@ predictions leave on the original target scale and a checkpoint from another ban
 from __future__ import annotations
 
 import dataclasses
+import math
 import pickle
 import warnings
 from collections.abc import Sequence
@@ -65,15 +66,40 @@ def auto_seed_models(n_train: int) -> int:
 
 class SeedEnsemble(torch.nn.Module):
     """Several networks of one architecture (different seeds and early-stopping splits) whose head outputs
-    are averaged on the transformed scale: one module, so tracing and saving treat it as one network."""
+    are averaged on the transformed scale: one module, so tracing and saving treat it as one network.
 
-    def __init__(self, members: Sequence[torch.nn.Module]) -> None:
+    With ``log_factors`` (a log target's mean back-transform, one factor per member from its own held-out
+    rows) the members are averaged on the original scale instead: the output is the transformed value whose
+    plain back-transform is ``mean_i(exp(scale * z_i) * factor_i)`` (``scale``: the transform's log sd). Each
+    member's mean is then calibrated on rows it did not train on, and averaging cannot bias it; a factor fitted
+    on single members but applied to their log-scale average would not match that average's smaller error.
+    The factors live in ``model.json`` (not in the state dict), so older ensembles load unchanged.
+    """
+
+    log_factors: torch.Tensor | None
+
+    def __init__(
+        self,
+        members: Sequence[torch.nn.Module],
+        log_factors: Sequence[float] | None = None,
+        scale: float = 1.0,
+    ) -> None:
         super().__init__()
         self.members = torch.nn.ModuleList(members)
+        self.scale = float(scale)
+        if log_factors is None:
+            self.log_factors = None
+        else:
+            factors = torch.tensor([float(f) for f in log_factors], dtype=torch.float32).view(-1, 1, 1)
+            self.register_buffer("log_factors", factors, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean of the members' outputs."""
-        return torch.stack([m(x) for m in self.members]).mean(dim=0)
+        """Mean of the members' outputs (on the original scale when the members carry factors)."""
+        outputs = torch.stack([m(x) for m in self.members])
+        if self.log_factors is None:
+            return outputs.mean(dim=0)
+        pooled = torch.logsumexp(outputs.float() * self.scale + self.log_factors, dim=0)
+        return (pooled - math.log(len(self.members))) / self.scale
 
 
 def _build_one(spec: dict[str, Any]) -> torch.nn.Module:
@@ -92,7 +118,9 @@ def _build(spec: dict[str, Any]) -> torch.nn.Module:
     """The network (or seed ensemble) a ``model.json`` ``model`` entry describes."""
     count = int(spec.get("members", 1))
     nets = [_build_one(spec) for _ in range(count)]
-    return nets[0] if count == 1 else SeedEnsemble(nets)
+    if count == 1:
+        return nets[0]
+    return SeedEnsemble(nets, spec.get("log_factors"), float(spec.get("log_scale", 1.0)))
 
 
 def _class_codes(
@@ -202,7 +230,8 @@ class DeepModel(SocModel):
                 TargetTransform.from_dict(source.transform.to_dict()),
             )
             self.transform.params.pop("smearing", None)
-            self.net_spec = {k: v for k, v in source.net_spec.items() if k != "members"}
+            ensemble_keys = ("members", "log_factors", "log_scale")  # of the source's fit, not of this one
+            self.net_spec = {k: v for k, v in source.net_spec.items() if k not in ensemble_keys}
             return first
         self.normalizer = Normalizer.fit(
             data.windows, first.train, list(data.inputs.bands), list(data.inputs.static_bands)
@@ -214,6 +243,7 @@ class DeepModel(SocModel):
             data.inputs,
             n_outputs_for(self.loss_type, self.quantiles),
             self.options,
+            n_train=int(data.train.size),
         )
         self.net_spec = {"name": self.network, "kwargs": kwargs}
         channels = list(data.inputs.categorical_channels)
@@ -341,7 +371,7 @@ class DeepModel(SocModel):
         self.net = nets[0] if count == 1 else SeedEnsemble(nets)
         self.net_spec = {**self.net_spec, "members": count}
         if z_true and self.train_cfg.back_transform == "mean" and self.loss_type != "gaussian_nll":
-            self.transform.fit_smearing(np.concatenate(z_true), np.concatenate(z_pred))
+            self._fit_mean_factors(nets, z_true, z_pred)
         if count > 1 and data.workdir is not None:
             for member in members:
                 assert member.workdir is not None
@@ -349,12 +379,35 @@ class DeepModel(SocModel):
                 (member.workdir / MEMBER_FILE).unlink(missing_ok=True)
         return self._combined([info for _, info in fitted])
 
+    def _fit_mean_factors(
+        self, nets: list[torch.nn.Module], z_true: list[FloatArray], z_pred: list[FloatArray]
+    ) -> None:
+        """A log target's mean back-transform: one factor per network from its own early-stopping rows, the
+        networks averaged on the original scale (:class:`SeedEnsemble`); one pooled factor for one network, a
+        head with several outputs, or when a network has no early-stopping rows."""
+        if self.transform.name != "log":
+            return
+        if len(nets) > 1 and len(z_true) == len(nets) and self.n_outputs == 1:
+            logs = [
+                math.log(self.transform.smearing_factor(t, p)) for t, p in zip(z_true, z_pred, strict=True)
+            ]
+            scale = self.transform.log_scale
+            self.net = SeedEnsemble(nets, logs, scale)
+            self.net_spec = {**self.net_spec, "log_factors": logs, "log_scale": scale}
+            self.transform.params["smearing"] = 1.0
+            return
+        self.transform.fit_smearing(np.concatenate(z_true), np.concatenate(z_pred))
+
     def _combined(self, infos: list[FitInfo]) -> FitInfo:
         """Member 0's history and epochs (the run's early-stopping score), every member's warnings."""
         info = infos[0]
         self.best_epoch = info.best_epoch
         info.parameters = int(sum(p.numel() for p in self.net.parameters())) if self.net is not None else 0
         info.warnings = [w for part in infos for w in part.warnings]
+        kwargs = self.net_spec.get("kwargs", {})
+        if "lstm_hidden_size" in kwargs:  # the CNN-LSTM's width, resolved from the training size by default
+            widths = {k: kwargs[k] for k in ("lstm_input_size", "lstm_hidden_size")}
+            info.schedule = {**info.schedule, **widths}
         if len(infos) > 1:
             info.schedule = {**info.schedule, "seed_models": len(infos)}
             info.epochs_trained = max(part.epochs_trained for part in infos)
@@ -417,7 +470,7 @@ class DeepModel(SocModel):
 
     def _point(self, out: torch.Tensor) -> FloatArray:
         """Point predictions on the original scale: the mean (``train.back_transform: mean``; for a log target
-        the lognormal correction of a Gaussian head, else Duan's smearing) or the back-transformed value."""
+        the lognormal correction of a Gaussian head, else the fitted factor) or the back-transformed value."""
         z = point_prediction(out, self.loss_type, self.quantiles).double().numpy()
         if self.transform.name != "log" or self.train_cfg.back_transform == "median":
             return self.transform.inverse(z)
