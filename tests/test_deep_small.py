@@ -196,7 +196,8 @@ def test_smearing_and_lognormal_corrections_match_the_formulas() -> None:
 def test_ratio_factor_keeps_the_mean_of_a_noisy_model() -> None:
     """log y = mu + e (sd 0.5) and a model that predicts mu + d (its own error d, sd 0.5): the factor fitted on
     held-out rows must make the mean prediction on NEW rows the observed mean. Duan's mean(exp(residual))
-    counts d twice (in the predictions and the residuals) and over-predicts by about exp(var d) = 13 %."""
+    counts d twice (in the predictions and the residuals) and over-predicts by about exp(var d) - 1 = 28 %
+    (about 32 % here, where the -1 of log1p is counted too)."""
     rng = np.random.default_rng(4)
 
     def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -213,7 +214,7 @@ def test_ratio_factor_keeps_the_mean_of_a_noisy_model() -> None:
     assert predicted == pytest.approx(observed, rel=0.02)
     residual = held_true - held_pred
     duan = float(np.mean(np.exp(residual - residual.mean())))
-    assert float(np.mean(np.exp(new_pred) * duan - 1)) > 1.10 * observed  # the estimate it replaced
+    assert float(np.mean(np.exp(new_pred) * duan - 1)) > 1.2 * observed  # the estimate it replaced
 
 
 def test_seed_ensemble_averages_calibrated_members_on_the_original_scale(tmp_path: Path) -> None:
