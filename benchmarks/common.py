@@ -71,19 +71,24 @@ def synth_config(data: Path, overrides: dict[str, object]) -> SocmapConfig:
     )
 
 
+SEED_WIDTH = {"train.lstm_input_size": 128, "train.lstm_hidden_size": 128}  # the seed project's CNN-LSTM
+
+
 def quick_run(data: Path, run_dir: Path, prepared: Path, overrides: dict[str, object] | None = None) -> Path:
     """A one-epoch training run on a synthetic data folder (reused when finished); torch threads restored.
 
-    The benchmarks that map or time models need a trained run, not a good one.
+    The benchmarks that map or time models need a trained run, not a good one. The CNN-LSTM keeps the seed
+    project's width 128 whatever the data size (socmap's default width follows the training size, and these
+    runs have about 6,000 samples, below its threshold), so map-speed rows stay comparable between sessions;
+    ``overrides`` (e.g. ``bench_models.py --set``) can still set another width.
     """
     import torch
 
     from socmap.train import train
 
     if not (run_dir / "metrics.json").exists():
-        config = synth_config(
-            data, {"train.epochs": 1, "train.num_runs": 1, "train.lr": 0.002, **(overrides or {})}
-        )
+        fixed = {"train.epochs": 1, "train.num_runs": 1, "train.lr": 0.002, **SEED_WIDTH}
+        config = synth_config(data, {**fixed, **(overrides or {})})
         threads = torch.get_num_threads()
         train(config, run_dir, prepared=prepared, overwrite=True)
         torch.set_num_threads(threads)

@@ -361,12 +361,12 @@ def test_seed_models_default_follows_the_data_size() -> None:
 
 
 def test_lstm_width_default_follows_the_data_size() -> None:
-    """Width 32 below 4,000 training samples, 128 from there; a width in the config is used as given."""
+    """Width 32 below 8,000 training samples, 128 from there; a width in the config is used as given."""
     from socmap.models.networks import auto_lstm_width, network_options
 
-    assert [auto_lstm_width(n) for n in (100, 3_999, 4_000, 100_000)] == [32, 32, 128, 128]
-    small = network_options("cnn_lstm", TrainConfig(), SPEC, 1, n_train=3_999)
-    large = network_options("cnn_lstm", TrainConfig(), SPEC, 1, n_train=4_000)
+    assert [auto_lstm_width(n) for n in (100, 7_999, 8_000, 100_000)] == [32, 32, 128, 128]
+    small = network_options("cnn_lstm", TrainConfig(), SPEC, 1, n_train=7_999)
+    large = network_options("cnn_lstm", TrainConfig(), SPEC, 1, n_train=8_000)
     assert (small["lstm_input_size"], small["lstm_hidden_size"]) == (32, 32)
     assert (large["lstm_input_size"], large["lstm_hidden_size"]) == (128, 128)
     given = network_options("cnn_lstm", TrainConfig(lstm_hidden_size=48), SPEC, 1, n_train=50_000)

@@ -26,7 +26,7 @@ def expected_parameters(c: int, window: int, hidden: int = 128, feat: int = 128,
 def test_parameter_count_six_bands_5x5() -> None:
     model = RefittedCovLSTM(6)
     assert count_parameters(model) == expected_parameters(6, 5) == 307_233  # "about 307k"
-    small = RefittedCovLSTM(6, lstm_input_size=32, lstm_hidden_size=32)  # socmap's width below 4,000 samples
+    small = RefittedCovLSTM(6, lstm_input_size=32, lstm_hidden_size=32)  # socmap's width below 8,000 samples
     assert count_parameters(small) == expected_parameters(6, 5, hidden=32, feat=32) == 44_481  # "44k"
 
 

@@ -230,7 +230,7 @@ class TrainConfig(_Section):
         None,
         ge=1,
         description="cnn_lstm: CNN feature size fed to the LSTM per step; None: by training size (32 below "
-        "4,000 training samples, else the seed project's 128).",
+        "8,000 training samples, else the seed project's 128).",
     )
     lstm_hidden_size: int | None = Field(
         None, ge=1, description="cnn_lstm: LSTM hidden size; None: by training size, as lstm_input_size."

@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 SMALL_LSTM_WIDTH, LARGE_LSTM_WIDTH = 32, 128  # CNN-LSTM default widths below / from the threshold
-LSTM_WIDTH_THRESHOLD = 4_000  # training samples (where the default seed ensemble drops to one network)
+LSTM_WIDTH_THRESHOLD = 8_000  # training samples (width 32 measured level with 128 at 7,474, lower at 15,000)
 
 
 class RefittedCovLSTM(nn.Module):
@@ -45,7 +45,7 @@ class RefittedCovLSTM(nn.Module):
     between layers); its last output -> Linear(->64)+ReLU; concatenated with the last step's CNN features ->
     Linear(->32)+ReLU -> Linear(->n_outputs). Works for any window >= 4 and any number of steps >= 1.
     About 307k parameters for 6 bands and 5x5 windows at the seed project's width 128 (these class defaults);
-    44k at width 32, which ``socmap`` uses below 4,000 training samples (see :func:`auto_lstm_width`).
+    44k at width 32, which ``socmap`` uses below 8,000 training samples (see :func:`auto_lstm_width`).
     """
 
     def __init__(
@@ -280,12 +280,12 @@ def network_options(
 
 def auto_lstm_width(n_train: int) -> int:
     """The CNN-LSTM's default LSTM input and hidden size for a fit on ``n_train`` samples: 32 below
-    ``LSTM_WIDTH_THRESHOLD`` (4,000), else the seed project's 128.
+    ``LSTM_WIDTH_THRESHOLD`` (8,000), else the seed project's 128.
 
     Why: a network sized for 16,000 samples over-fits a few hundred. Measured (docs/benchmarks.md), width 32
     (44k instead of 307k parameters) scored R² +0.027 on 120-profile subsets of Edgeroi, +0.013 on all of it,
-    level on Edgeroi 5-15 cm and Macedonia (3,900 samples), and -0.001 / -0.007 on synthetic Bavaria (15,000
-    training samples) - so the small width below the size at which the seed ensemble drops to one network.
+    level on Edgeroi 5-15 cm, Macedonia (3,100 training samples) and synthetic Bavaria with 7,474 (+0.003),
+    and -0.001 / -0.007 on synthetic Bavaria with 15,000 training samples; so the small width below 8,000.
     """
     return SMALL_LSTM_WIDTH if n_train < LSTM_WIDTH_THRESHOLD else LARGE_LSTM_WIDTH
 
