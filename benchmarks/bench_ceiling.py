@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Row, print_table, synth_config
 
 KINDS = ["cnn_lstm"]
+DEFAULT_LOCATIONS = 5000  # synthesize's default: 16,451 samples
 TARGET_SHARE = 0.97
 
 
@@ -43,15 +44,22 @@ def _train(
 
 
 def run(
-    work: Path, kinds: list[str] | None = None, runs: int = 1, extra: dict[str, str] | None = None
+    work: Path,
+    kinds: list[str] | None = None,
+    runs: int = 1,
+    extra: dict[str, str] | None = None,
+    locations: int = DEFAULT_LOCATIONS,
 ) -> list[Row]:
-    """Synthesize (once), train every kind, return the rows."""
+    """Synthesize (once), train every kind, return the rows; ``locations`` other than the default synthesize
+    a smaller or larger data set in a folder of its own (``WORK/locations-N``)."""
     from socmap.synth import synthesize
 
+    if locations != DEFAULT_LOCATIONS:
+        work = work / f"locations-{locations}"
     work.mkdir(parents=True, exist_ok=True)
     data = work / "synth"
     if not (data / "truth.json").is_file():
-        synthesize(data, overwrite=True)
+        synthesize(data, n_locations=locations, overwrite=True)
     rows: list[Row] = []
     tag = "".join(f"-{k}={v}" for k, v in (extra or {}).items())
     for kind in kinds or KINDS:
@@ -78,7 +86,13 @@ if __name__ == "__main__":
     parser.add_argument("work", type=Path)
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument(
+        "--locations",
+        type=int,
+        default=DEFAULT_LOCATIONS,
+        help="synthetic sampling locations (2500: 8,124 samples)",
+    )
     parser.add_argument("--set", nargs="*", default=[], help="config overrides key=value")
     args = parser.parse_args()
     overrides = dict(item.split("=", 1) for item in args.set)
-    print_table(run(args.work, args.kinds.split(","), args.runs, overrides))
+    print_table(run(args.work, args.kinds.split(","), args.runs, overrides, args.locations))
