@@ -106,23 +106,74 @@ def test_mapping_copy_of_a_forest_predicts_what_the_model_predicts(cls: type[For
             assert q is None
 
 
-def test_nearest_distance_in_place_equals_the_three_temporary_form() -> None:
-    """The AOA's nearest-neighbour search computes |p|² - 2 q·p in place; the distances are those of the plain
-    numpy expression (and of a k-d tree, to rounding)."""
+def _brute_nearest(query: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Reference: every query row's float64 difference to every point, the smallest distance."""
+    out = np.empty(len(query))
+    for i, row in enumerate(query):
+        diff = row - points
+        out[i] = np.sqrt(np.einsum("ij,ij->i", diff, diff).min())
+    return out
+
+
+def test_nearest_distance_float32_screen_is_exact() -> None:
+    """The AOA's nearest-neighbour search screens in float32 and resolves near-ties in float64: its
+    distances are the float64 brute force's bit for bit, including queries a hair away from a point,
+    duplicated and equidistant training rows (ties), far-away queries and more rows than one screened block
+    (and a k-d tree's, to rounding)."""
     from scipy.spatial import cKDTree
 
     from socmap.uncertainty.aoa import QUERY_CHUNK, nearest_distance
 
     rng = np.random.default_rng(5)
     points = rng.normal(size=(700, 20)) * rng.uniform(0.1, 3.0, 20)
-    query = np.vstack([points[:50] + 1e-9, rng.normal(size=(QUERY_CHUNK + 77, 20))])
+    points = np.vstack([points, points[:40]])  # exact duplicates: runner-up equals the nearest
+    grid = np.array([[x, y] + [0.0] * 18 for x in (-1.0, 1.0) for y in (-1.0, 1.0)])
+    points = np.vstack([points, grid * 1e-3])  # four rows equidistant from the origin
+    query = np.vstack(
+        [
+            points[:50] + 1e-9,  # a hair from a training row
+            points[700:705] + 1e-12,
+            np.zeros((3, 20)),  # equidistant from the grid rows
+            rng.normal(size=(QUERY_CHUNK + 77, 20)),
+            rng.normal(size=(20, 20)) * 1e3,  # far outside the training space: a wide rounding bound
+            np.full((2, 20), 1e30),  # beyond float32: the float64 brute force
+        ]
+    )
     out = nearest_distance(query, points)
-    expected = np.empty(len(query))
-    p_sq = np.einsum("ij,ij->i", points, points)
-    for start in range(0, len(query), QUERY_CHUNK):
-        chunk = query[start : start + QUERY_CHUNK]
-        nearest = np.argmin(p_sq[None, :] - 2.0 * (chunk @ points.T), axis=1)
-        diff = chunk - points[nearest]
-        expected[start : start + len(chunk)] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
-    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(out, _brute_nearest(query, points))
     np.testing.assert_allclose(out, cKDTree(points).query(query)[0], rtol=1e-9, atol=1e-12)
+    assert np.all(out[:50] < 1e-7) and np.all(out[50:55] < 1e-10)
+
+
+def test_nearest_distance_screen_bound_holds_where_float32_misorders() -> None:
+    """Rows whose two nearest points differ by less than float32 can tell apart (relative 1e-9): the float32
+    screen alone would pick either; the resolve step returns the truly nearest."""
+    from socmap.uncertainty.aoa import nearest_distance
+
+    rng = np.random.default_rng(11)
+    base = rng.normal(size=(300, 8)) * 5
+    direction = rng.normal(size=(300, 8))
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    near = base + direction * 1.0  # at distance 1
+    nearer = base - direction * (1.0 - 1e-9)  # at distance 1 - 1e-9, on the other side
+    points = np.vstack([near, nearer, rng.normal(size=(500, 8)) * 50 + 200])
+    out = nearest_distance(base, points)
+    np.testing.assert_array_equal(out, _brute_nearest(base, points))
+    np.testing.assert_allclose(out, 1.0 - 1e-9, rtol=1e-12)
+
+
+def test_window_features_skip_masks_only_where_they_change_nothing() -> None:
+    """Window features of a chunk without nodata (the masks are skipped) equal those of the same windows in a
+    chunk with a nodata window (the masked path) bit for bit, for static and temporal bands."""
+    from socmap.models.features import WindowFeatures
+
+    rng = np.random.default_rng(2)
+    windows = rng.lognormal(size=(300, 4, 5, 5, 6)).astype(np.float32) * np.float32(37.0)
+    windows[:, 0] = windows[:, 0, :, :, :1]  # band 0 static: identical steps
+    holed = np.concatenate([windows, windows[:1]])
+    holed[-1, 2, 1, 3, 4] = np.nan
+    features = WindowFeatures(static_channels=(0,)).fit(holed)
+    clean = features.transform(windows)
+    masked = features.transform(holed)[:-1]
+    assert np.isfinite(clean).all()
+    np.testing.assert_array_equal(clean, masked)

@@ -13,6 +13,7 @@ import numpy as np
 import rasterio
 import rasterio.errors
 import rasterio.shutil
+import torch
 from numpy.typing import NDArray
 from rasterio.enums import Interleaving
 from rasterio.windows import Window
@@ -235,6 +236,7 @@ def write_outputs(plan: MapPlan, limits: ColorLimits | None = None) -> int:
             OVERVIEW_RESAMPLING="AVERAGE",
             BLOCKSIZE=cog_blocksize(plan.width, plan.height),
             BIGTIFF="IF_SAFER",
+            NUM_THREADS=str(torch.get_num_threads()),  # deflate on the map's cores: same bytes, ~2x faster
         )
         check_complete(tmp)
         render_previews(tmp, plan, png, uncertainty_png, limits)

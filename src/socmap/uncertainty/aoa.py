@@ -19,7 +19,7 @@ Saved without pickle: ``aoa.json`` (standardisation, weights, d̄, threshold, th
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ __all__ = [
     "AOA_TRAIN_FILE",
     "MAX_PAIRS_SAMPLE",
     "AreaOfApplicability",
+    "NearestRows",
     "WeightedSpace",
     "cross_validated_di",
     "feature_importance",
@@ -49,30 +50,106 @@ FloatArray = NDArray[np.float64]
 AOA_FILE = "aoa.json"
 AOA_TRAIN_FILE = "aoa_train.npy"
 MAX_PAIRS_SAMPLE = 2000
-QUERY_CHUNK = 512  # query rows per distance block: 512 x n_train float64 (52 MB for 13k training samples)
+QUERY_CHUNK = 256  # at most this many query rows per screened distance block
+SCREEN_BYTES = 8 * 2**20  # and a float32 block [rows, n_train] of at most 8 MB (256 rows up to 8k samples)
+SCREEN_MAX_NORM = (
+    1e15  # query rows longer than this (or overflowing float32) skip the screen: float64 brute force
+)
 
 
 def nearest_distance(query: ArrayLike, points: ArrayLike) -> FloatArray:
-    """Euclidean distance of every query row to its nearest row of ``points`` (brute force with BLAS: a k-d
-    tree degrades to worse than brute force in the 30-100 dimensions of the window features). The nearest
-    row is found from ``|q|² + |p|² - 2 q·p`` and its distance recomputed exactly.
+    """Euclidean distance of every query row to its nearest row of ``points``, exactly (see
+    :class:`NearestRows`, which keeps the points' float32 screen for repeated queries).
 
     Args:
         query: ``[m, F]``.
         points: ``[n, F]`` (n >= 1).
     """
-    q = np.asarray(query, np.float64)
-    p = np.asarray(points, np.float64)
-    out = np.empty(q.shape[0])
-    p_sq = np.einsum("ij,ij->i", p, p)
-    for start in range(0, q.shape[0], QUERY_CHUNK):
-        chunk = q[start : start + QUERY_CHUNK]
-        d2 = chunk @ p.T  # |p|² - 2 q·p (+ |q|², constant per row: irrelevant for the argmin), in place:
-        d2 *= -2.0  # exact (a power of two), and |p|² + (-2 q·p) rounds as |p|² - 2 q·p does, so the
-        d2 += p_sq  # nearest rows are those of the three-temporary form, with a third of its memory traffic
+    return NearestRows(points).distance(query)
+
+
+class NearestRows:
+    """Exact nearest-row distances to fixed ``points`` ``[n, F]``: the float64 distance of the difference to
+    the truly nearest row, as a brute force over every row computes it.
+
+    Brute force with BLAS (a k-d tree degrades to brute force in the 30-100 dimensions of the window
+    features), screened in float32, which BLAS runs at twice its float64 rate with half the memory traffic:
+    one product gives ``|p|² - 2 q·p`` for every row (``|q|²`` is constant per query row). Its rounding error
+    is bounded (:func:`_screen_slack`), so a row whose float32 runner-up lies farther than the bound from the
+    float32 nearest has found its nearest row; the few others (near-ties, duplicated training rows) are
+    resolved among every candidate within the bound by float64 differences, and rows beyond float32's range
+    (never a standardised feature vector) by a float64 brute force.
+    """
+
+    def __init__(self, points: ArrayLike) -> None:
+        self.points = np.asarray(points, np.float64)
+        n, features = self.points.shape
+        p_sq = np.einsum("ij,ij->i", self.points, self.points)
+        self.screen = np.empty((features + 1, n), np.float32)  # [-2 p | |p|²]ᵀ (-2: exact scaling)
+        self.screen[:features] = (-2.0 * self.points).T
+        self.screen[features] = p_sq
+        self.p_norm = float(np.sqrt(p_sq.max()))
+        self.chunk = max(16, min(QUERY_CHUNK, SCREEN_BYTES // (4 * n)))
+
+    def distance(self, query: ArrayLike) -> FloatArray:
+        """Distance ``[m]`` of every row of ``query`` ``[m, F]`` to its nearest point."""
+        q = np.asarray(query, np.float64)
+        out = np.empty(q.shape[0])
+        features = self.points.shape[1]
+        block = np.ones((min(self.chunk, q.shape[0]), features + 1), np.float32)  # [q | 1]
+        for start in range(0, q.shape[0], self.chunk):
+            rows = q[start : start + self.chunk]
+            block[: rows.shape[0], :features] = rows
+            out[start : start + rows.shape[0]] = np.sqrt(
+                self._squared(rows, block[: rows.shape[0]] @ self.screen)
+            )
+        return out
+
+    def _squared(self, rows: FloatArray, d2: NDArray[np.float32]) -> FloatArray:
+        """Squared float64 distances of ``rows`` to their nearest points from their screened values ``d2``."""
+        p = self.points
         nearest = np.argmin(d2, axis=1)
-        diff = chunk - p[nearest]
-        out[start : start + chunk.shape[0]] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+        at = np.arange(rows.shape[0])
+        best = d2[at, nearest].astype(np.float64)
+        d2[at, nearest] = np.inf
+        q_norm = np.sqrt(np.einsum("ij,ij->i", rows, rows))
+        slack = _screen_slack(p.shape[1], q_norm, self.p_norm)
+        diff = rows - p[nearest]
+        dist = np.einsum("ij,ij->i", diff, diff)
+        tied = np.flatnonzero(d2.min(axis=1) <= best + slack)
+        if tied.size:
+            dist[tied] = _resolve(rows[tied], p, d2[tied], best[tied] + slack[tied], dist[tied])
+        for row in np.flatnonzero(~np.isfinite(best) | ~(q_norm < SCREEN_MAX_NORM)):  # beyond float32
+            diff = rows[row] - p
+            dist[row] = np.einsum("ij,ij->i", diff, diff).min()
+        return dist
+
+
+def _screen_slack(features: int, q_norm: FloatArray, p_norm: float) -> FloatArray:
+    """Twice a bound on the float32 screen's error ``|fl(q·[-2p, |p|²]) - (|p|² - 2 q·p)|``: rounding the
+    inputs to float32 (relative 2⁻²⁴ each) and a dot product of F + 1 terms in any order (Higham's
+    ``γ_{F+1} Σ|aᵢbᵢ|``), where ``Σ|aᵢbᵢ| <= 2|q||p| + |p|² <= (|q| + |p|)²``. Two rows' screened values can
+    each be off by the bound, hence twice it (with a margin: F + 8 instead of F + 5 roundings)."""
+    return 2.0 * (features + 8) * 2.0**-24 * (q_norm + p_norm) ** 2
+
+
+def _resolve(
+    rows: FloatArray,
+    points: FloatArray,
+    screened: NDArray[np.float32],
+    limit: FloatArray,
+    nearest: FloatArray,
+) -> FloatArray:
+    """Squared float64 distance to the nearest of every candidate (screened value <= ``limit``; the screen's
+    own nearest was set to inf in ``screened``, its squared distance is ``nearest``) of near-tied rows."""
+    which, cand = np.nonzero(screened <= limit[:, None])
+    diff = rows[which] - points[cand]
+    dist = np.einsum("ij,ij->i", diff, diff)
+    out = nearest.copy()
+    if dist.size:
+        starts = np.flatnonzero(np.r_[True, which[1:] != which[:-1]])  # nonzero is row-major: rows ascend
+        first = which[starts]
+        out[first] = np.minimum(out[first], np.minimum.reduceat(dist, starts))
     return out
 
 
@@ -149,6 +226,7 @@ class AreaOfApplicability:
     mean_distance: float
     threshold: float
     train_di: FloatArray
+    _search: NearestRows | None = field(default=None, init=False, repr=False, compare=False)
 
     def transform(self, raw: ArrayLike) -> FloatArray:
         """Weighted standardised features of feature rows ``[N, F]`` (NaN-filled)."""
@@ -160,7 +238,9 @@ class AreaOfApplicability:
         x = self.transform(raw)
         if x.shape[0] == 0:
             return np.empty(0)
-        return nearest_distance(x, self.train) / self.mean_distance
+        if self._search is None:  # built once per loaded AOA (two threads may both build it: harmless)
+            self._search = NearestRows(self.train)
+        return self._search.distance(x) / self.mean_distance
 
     def di(self, windows: NDArray[np.float32]) -> FloatArray:
         """DI ``[N]`` of raw windows ``[N, C, H, W, T]``."""
