@@ -162,18 +162,32 @@ def test_nearest_distance_screen_bound_holds_where_float32_misorders() -> None:
     np.testing.assert_allclose(out, 1.0 - 1e-9, rtol=1e-12)
 
 
-def test_window_features_skip_masks_only_where_they_change_nothing() -> None:
-    """Window features of a chunk without nodata (the masks are skipped) equal those of the same windows in a
-    chunk with a nodata window (the masked path) bit for bit, for static and temporal bands."""
+@pytest.mark.parametrize(
+    ("shape", "static", "dtype"),
+    [
+        ((4, 5, 5, 6), (0,), np.float32),  # the map's case: float32 windows, a static band
+        ((4, 5, 5, 6), (0,), np.float64),
+        ((3, 9, 9, 1), (), np.float32),  # static covariates only (T = 1): contiguous (H, W) sums
+        ((2, 3, 3, 17), (1,), np.float32),  # a long monthly sequence
+    ],
+)
+def test_window_features_skip_masks_only_where_they_change_nothing(
+    shape: tuple[int, int, int, int], static: tuple[int, ...], dtype: type
+) -> None:
+    """Window features of a chunk without nodata (masks skipped, float32 windows summed in float64 without a
+    float64 copy) equal those of the same windows in a chunk with a nodata window (the masked path on the
+    float64 copy) bit for bit, for static, temporal and categorical bands and T = 1."""
     from socmap.models.features import WindowFeatures
 
     rng = np.random.default_rng(2)
-    windows = rng.lognormal(size=(300, 4, 5, 5, 6)).astype(np.float32) * np.float32(37.0)
-    windows[:, 0] = windows[:, 0, :, :, :1]  # band 0 static: identical steps
+    windows = (rng.lognormal(size=(300, *shape)) * 37.0).astype(dtype)
+    for ch in static:
+        windows[:, ch] = windows[:, ch, :, :, :1]  # static: identical steps
+    windows[:, -1] = rng.integers(1, 4, size=windows[:, -1].shape)  # last band: class codes 1-3
     holed = np.concatenate([windows, windows[:1]])
-    holed[-1, 2, 1, 3, 4] = np.nan
-    features = WindowFeatures(static_channels=(0,)).fit(holed)
+    holed[-1, 0, 1, 2, shape[-1] - 1] = np.nan
+    features = WindowFeatures(static_channels=static, categorical_channels=(shape[0] - 1,)).fit(holed)
     clean = features.transform(windows)
     masked = features.transform(holed)[:-1]
-    assert np.isfinite(clean).all()
+    assert np.isfinite(clean).all() and clean.dtype == np.float64
     np.testing.assert_array_equal(clean, masked)

@@ -30,6 +30,7 @@ class UnseenCategoryWarning(UserWarning):
 
 
 FloatArray = NDArray[np.float64]
+WindowArray = NDArray[np.floating[Any]]  # float64, or float32 windows without nodata
 
 
 def unseen_classes(centre: FloatArray, codes: Sequence[float], band: str, action: str) -> NDArray[np.bool_]:
@@ -47,14 +48,15 @@ def unseen_classes(centre: FloatArray, codes: Sequence[float], band: str, action
     return unseen
 
 
-def _nanmean(x: FloatArray, axis: tuple[int, ...], clean: bool = False) -> FloatArray:
+def _nanmean(x: WindowArray, axis: tuple[int, ...], clean: bool = False) -> FloatArray:
     """Mean over ``axis`` ignoring NaN; NaN where nothing is finite (no RuntimeWarning).
 
-    ``clean``: the caller knows every value is finite; then the masks are skipped (the sum is the same
-    reduction over the same values, so the result is bit for bit that of the masked path; tested).
+    ``clean``: the caller knows every value is finite; then the masks are skipped and ``x`` may be float32
+    (summed in float64 without a float64 copy first): the same reduction over the same values, so the result
+    is bit for bit that of the masked path on the float64 copy (tested).
     """
     if clean:
-        return x.sum(axis=axis) / float(np.prod([x.shape[a] for a in axis]))
+        return x.sum(axis=axis, dtype=np.float64) / float(np.prod([x.shape[a] for a in axis]))
     finite = np.isfinite(x)
     count = finite.sum(axis=axis)
     total = np.where(finite, x, 0.0).sum(axis=axis)
@@ -62,7 +64,7 @@ def _nanmean(x: FloatArray, axis: tuple[int, ...], clean: bool = False) -> Float
         return np.where(count > 0, total / count, np.nan)
 
 
-def _nanstd(x: FloatArray, axis: tuple[int, ...], clean: bool = False) -> FloatArray:
+def _nanstd(x: WindowArray, axis: tuple[int, ...], clean: bool = False) -> FloatArray:
     """Population standard deviation over ``axis`` ignoring NaN; NaN where nothing is finite."""
     mean = _nanmean(x, axis, clean)
     expanded = np.expand_dims(mean, axis)
@@ -214,15 +216,15 @@ class WindowFeatures(TransformerMixin, BaseEstimator):  # type: ignore[misc]
                 out += [f"{band}_tmean", f"{band}_trend"]
         return out
 
-    def _chunk_features(self, w: FloatArray, static: set[int]) -> FloatArray:
-        """Raw features (NaN where undefined) of a chunk of windows [n, C, H, W, T]."""
+    def _chunk_features(self, w: WindowArray, static: set[int], clean: bool) -> FloatArray:
+        """Raw features (NaN where undefined) of a chunk of windows [n, C, H, W, T] (float64, or, when
+        ``clean`` (no nodata), float32 or float64)."""
         n, c, h, wd, t = w.shape
         ci, cj = h // 2, wd // 2
         cols: list[FloatArray] = []
-        clean = bool(np.isfinite(w).all())  # no nodata in the chunk (most map blocks): skip the masks
         wmean_all = _nanmean(w, (2, 3), clean)  # [n, C, T]
         for ch in range(c):
-            centre = w[:, ch, ci, cj, :]  # [n, T]
+            centre = w[:, ch, ci, cj, :].astype(np.float64)  # [n, T]
             last = t - 1
             if ch in self.categories_:  # one-hot of the centre's class, share of each class in the window
                 codes = np.asarray(self.categories_[ch])
@@ -259,8 +261,11 @@ class WindowFeatures(TransformerMixin, BaseEstimator):  # type: ignore[misc]
         n = int(np.shape(X)[0])
         parts = []
         for start in range(0, n, CHUNK):
-            chunk = np.asarray(X[start : start + CHUNK], dtype=np.float64).reshape((-1, *shape))
-            parts.append(self._chunk_features(chunk, static))
+            chunk = np.asarray(X[start : start + CHUNK]).reshape((-1, *shape))
+            # no nodata (most map blocks): float32 windows are read as they are and the masks skipped
+            clean = chunk.dtype in (np.float32, np.float64) and bool(np.isfinite(chunk).all())
+            chunk = chunk if clean else chunk.astype(np.float64)
+            parts.append(self._chunk_features(chunk, static, clean))
         if not parts:
             return np.empty((0, len(self.feature_names(shape))))
         return np.concatenate(parts)
