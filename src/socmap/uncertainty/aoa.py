@@ -52,9 +52,8 @@ AOA_TRAIN_FILE = "aoa_train.npy"
 MAX_PAIRS_SAMPLE = 2000
 QUERY_CHUNK = 256  # at most this many query rows per screened distance block
 SCREEN_BYTES = 8 * 2**20  # and a float32 block [rows, n_train] of at most 8 MB (256 rows up to 8k samples)
-SCREEN_MAX_NORM = (
-    1e15  # query rows longer than this (or overflowing float32) skip the screen: float64 brute force
-)
+# query rows longer than this (or overflowing float32) skip the screen: a float64 brute force
+SCREEN_MAX_NORM = 1e15
 
 
 def nearest_distance(query: ArrayLike, points: ArrayLike) -> FloatArray:
