@@ -59,3 +59,58 @@ def test_model_never_moves_itself_to_a_device() -> None:
     out = model(torch.empty(2, 6, 5, 5, 3, device="meta"))
     assert out.device.type == "meta" and out.shape == (2, 1)
     assert {p.device.type for p in model.parameters()} == {"meta"}
+
+
+def _padded_reference(net: RefittedCovLSTM) -> torch.nn.Sequential:
+    """The seed project's per-step CNN (plain padded convolutions, NCHW) with ``net``'s weights."""
+    first = net.cnn[0]
+    ref = torch.nn.Sequential(
+        torch.nn.Conv2d(first.in_channels, 32, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(32, 64, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        *list(net.cnn)[6:],
+    )
+    ref.load_state_dict(net.cnn.state_dict())  # the same parameter names: older state dicts load
+    return ref
+
+
+@pytest.mark.parametrize("window", [4, 5, 6, 7, 8, 9])
+def test_training_cnn_computes_only_what_the_pools_read(window: int) -> None:
+    """While training, the convolutions skip the last row/column an odd input's pool drops and run channels-
+    last: the per-step features equal the padded NCHW CNN's up to float rounding; in evaluation mode (maps)
+    the network runs the padded convolutions and equals it exactly."""
+    from socmap.models.networks import _training_layout
+
+    torch.manual_seed(window)
+    net = RefittedCovLSTM(6, 32, 32, window_size=window)
+    ref = _padded_reference(net)
+    steps = torch.randn(40, 6, window, window)
+    with torch.no_grad():
+        want = ref(steps)
+        net.train()
+        got = net.cnn(_training_layout(steps, True))
+        if window % 2:  # the cropped convolution's output is one row and column short
+            assert net.cnn[0](steps).shape[-2:] == (window - 1, window - 1)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        net.eval()
+        assert torch.equal(net.cnn(steps), want)
+        assert net.cnn[0](steps).shape[-2:] == (window, window)
+
+
+def test_training_step_gradients_match_the_padded_network() -> None:
+    """Gradients of the whole network through the cropped convolutions equal those through the padded ones up
+    to float rounding (dropout off)."""
+    torch.manual_seed(0)
+    net = RefittedCovLSTM(4, 16, 16, dropout=0.0, window_size=5).train()
+    plain = RefittedCovLSTM(4, 16, 16, dropout=0.0, window_size=5).train()
+    plain.load_state_dict(net.state_dict())
+    plain.cnn = _padded_reference(plain)
+    x, y = torch.randn(12, 4, 5, 5, 3), torch.randn(12, 1)
+    for model in (net, plain):
+        torch.nn.functional.mse_loss(model(x), y).backward()
+    for (name, a), b in zip(net.named_parameters(), plain.parameters(), strict=True):
+        assert a.grad is not None and b.grad is not None
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
