@@ -337,3 +337,23 @@ def test_bad_scheduler_is_one_line_naming_the_flag() -> None:
         "cv.scheduler: scheduler 'bogus': expected threads, processes or a dask.distributed address such as "
         "tcp://host:8786 (flag --scheduler)"
     )
+
+
+def test_cluster_workers_sharing_a_host_share_its_cores() -> None:
+    """A fit on a dask.distributed worker takes the host's cores // the task threads of every worker on that
+    host: two one-thread workers on one machine get half the cores each (not all of them each, which
+    oversubscribed a 2-core machine), a lone one-thread worker all of them."""
+    from distributed import Client, LocalCluster
+
+    cores = os.cpu_count() or 1
+    for n_workers, expected in ((2, max(1, cores // 2)), (1, cores)):
+        with (
+            LocalCluster(
+                n_workers=n_workers, threads_per_worker=1, processes=False, dashboard_address=None
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+            workers = list(client.scheduler_info(n_workers=-1)["workers"])
+            got = [client.submit(tasks._worker_threads, pure=False, workers=[w]).result() for w in workers]
+        assert got == [expected] * n_workers
+    assert tasks._worker_threads() is None  # not on a worker

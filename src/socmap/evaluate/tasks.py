@@ -290,14 +290,30 @@ def run_member(task: FitTask, index: int, config: SocmapConfig, shared: Shared, 
 
 
 def _worker_threads() -> int | None:
-    """On a dask.distributed worker: the machine's cores // the worker's threads; elsewhere None."""
+    """On a dask.distributed worker: the machine's cores // the task threads of every worker on its host, so
+    that workers sharing a machine do not oversubscribe it (two one-thread workers on 2 cores: 1 each, not 2;
+    oversubscribed, a CNN-LSTM fit ran several times slower); elsewhere None."""
     try:
         from distributed import get_worker
 
         worker = get_worker()
     except (ImportError, ValueError):
         return None
-    return max(1, (os.cpu_count() or 1) // max(1, worker.state.nthreads))
+    return max(1, (os.cpu_count() or 1) // _host_threads(worker))
+
+
+def _host_threads(worker: Any) -> int:
+    """The task threads of all workers on ``worker``'s host, as its scheduler lists them (the worker's own when
+    the scheduler cannot be asked)."""
+    own = max(1, int(worker.state.nthreads))
+    try:
+        from distributed import get_client
+
+        listed = get_client().scheduler_info(n_workers=-1)["workers"]
+        host = listed[worker.address]["host"]
+    except (OSError, ValueError, KeyError, TimeoutError):
+        return own
+    return max(own, sum(int(w.get("nthreads", 0)) for w in listed.values() if w.get("host") == host))
 
 
 def _save_fit(task: FitTask, fit: FoldFit) -> None:
