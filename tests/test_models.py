@@ -114,3 +114,20 @@ def test_training_step_gradients_match_the_padded_network() -> None:
     for (name, a), b in zip(net.named_parameters(), plain.parameters(), strict=True):
         assert a.grad is not None and b.grad is not None
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("name", ["cnn_lstm", "transformer", "cnn3d"])
+def test_output_head_runs_in_float32_under_bf16_autocast(name: str) -> None:
+    """``map.precision: bf16`` autocasts the network, but its small output head stays float32: outputs are not
+    rounded to bf16's 8 significant bits (they were, and that rounding was most of bf16's change to a map)."""
+    torch.manual_seed(0)
+    kwargs: dict[str, int] = {"num_channels": 4} | ({"time_steps": 3} if name == "transformer" else {})
+    net = build_network(name, **kwargs).eval()
+    x = torch.randn(64, 4, 5, 5, 3)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(x)
+    assert out.dtype == torch.float32
+    assert not torch.equal(out.to(torch.bfloat16).float(), out)  # not bf16 values
+    with torch.no_grad():
+        plain = net(x)
+    assert (out - plain).abs().max() < 0.05 * plain.abs().max()  # still the same network

@@ -8,6 +8,7 @@ the JSON keyword arguments of :func:`build_network` (see :mod:`socmap.models.dee
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -37,6 +38,16 @@ __all__ = [
 
 SMALL_LSTM_WIDTH, LARGE_LSTM_WIDTH = 32, 128  # CNN-LSTM default widths below / from the threshold
 LSTM_WIDTH_THRESHOLD = 8_000  # training samples (width 32 measured level with 128 at 7,474, lower at 15,000)
+
+
+def full_precision(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """Autocast switched off for a network's output head (``map.precision: bf16``). Why: the head's FLOPs are
+    negligible, but a bf16 output keeps 8 significant bits (0.4 % of the prediction on the transformed scale):
+    on the bench's whole-Bavaria map the head caused most of bf16's change (docs/benchmarks.md). A no-op when
+    autocast is off (fp32 maps and training, traced graphs)."""
+    if device.type in {"cpu", "cuda"} and torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 class PooledConv2d(nn.Conv2d):
@@ -126,8 +137,9 @@ class RefittedCovLSTM(nn.Module):
         sequence, (h_n, _) = self.lstm(features)
         # forward: its state after the newest step; backward (bidirectional): its state after the oldest step
         last = torch.cat([h_n[-2], h_n[-1]], dim=1) if self.bidirectional else sequence[:, -1]
-        fused = torch.cat([features[:, -1], self.lstm_head(last)], dim=1)
-        return self.fusion(fused)
+        with full_precision(x.device):
+            fused = torch.cat([features[:, -1].float(), self.lstm_head(last.float())], dim=1)
+            return self.fusion(fused)
 
 
 def _step_stem(num_channels: int, width: int, dropout: float) -> nn.Sequential:
@@ -179,7 +191,8 @@ class TemporalTransformer(nn.Module):
         b, c, h, w, t = x.shape
         tokens = self.stem(x.permute(0, 4, 1, 2, 3).reshape(b * t, c, h, w)).reshape(b, t, -1)
         encoded = self.encoder(tokens + self.position[:, -t:])
-        return self.head(torch.cat([encoded.mean(dim=1), encoded[:, -1]], dim=1))
+        with full_precision(x.device):
+            return self.head(torch.cat([encoded.mean(dim=1), encoded[:, -1]], dim=1).float())
 
 
 class Cnn3d(nn.Module):
@@ -204,7 +217,9 @@ class Cnn3d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [batch, bands, height, width, time] -> [batch, n_outputs]."""
-        return self.head(self.body(x.permute(0, 1, 4, 2, 3)))
+        features = self.body(x.permute(0, 1, 4, 2, 3))
+        with full_precision(x.device):
+            return self.head(features.float())
 
 
 class CategoricalInput(nn.Module):
