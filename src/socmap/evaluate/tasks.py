@@ -33,6 +33,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from socmap import __version__
+from socmap._allocator import undo_dask_malloc_trim
 from socmap._atomic import atomic_file, write_json
 from socmap.config import SocmapConfig
 from socmap.errors import InputError, OutputError
@@ -223,7 +224,9 @@ def _rng_guard(kind: str) -> Iterator[None]:
 
 
 def _with_threads(config: SocmapConfig, threads: int | None) -> SocmapConfig:
-    """``config`` for a task on ``threads`` torch and tree threads (set in this process too)."""
+    """``config`` for a task on ``threads`` torch and tree threads (set in this process too; in a Dask worker
+    also glibc's allocator limits, see :mod:`socmap._allocator`)."""
+    undo_dask_malloc_trim()
     threads = threads or config.train.threads or _worker_threads()
     if not threads:
         return config

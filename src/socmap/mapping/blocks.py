@@ -12,10 +12,6 @@ nodata, not guessed). Other NaN inputs are filled by each model exactly as in tr
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import os
-import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,6 +22,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import NDArray
 from rasterio.transform import Affine
 
+from socmap._allocator import undo_dask_malloc_trim
 from socmap._atomic import atomic_file
 from socmap.coordinates import coordinate_values
 from socmap.data import RasterStack, read_block
@@ -225,22 +222,6 @@ def single_thread_blas() -> None:
 
     if any(p.get("num_threads", 1) != 1 for p in threadpool_info() if p.get("user_api") == "blas"):
         threadpool_limits(1, user_api="blas")
-
-
-@functools.cache
-def undo_dask_malloc_trim() -> None:
-    """Dask workers start with MALLOC_TRIM_THRESHOLD_=65536, which also switches off glibc's dynamic mmap
-    threshold: every batch's multi-MB arrays then become fresh mmaps (page faults, zeroing), which halved a
-    worker's throughput in benchmarks/bench_mapping.py. Where that variable is set, restore glibc's own upper
-    limits (mmap 32 MB, trim 64 MB) once per process."""
-    if "MALLOC_TRIM_THRESHOLD_" not in os.environ or not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 64 << 20)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 def save_block(path: Path, values: NDArray[np.float32]) -> None:

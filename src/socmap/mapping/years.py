@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from socmap._allocator import undo_dask_malloc_trim
 from socmap._atomic import atomic_file
 from socmap.config import MapConfig
 from socmap.errors import InputError, OutputError
@@ -41,7 +42,6 @@ from socmap.mapping.blocks import (
     job_members,
     read_inputs,
     save_block,
-    undo_dask_malloc_trim,
 )
 from socmap.mapping.cog import NODATA, map_band_names, write_outputs
 from socmap.mapping.plan import Block, MapJob, MapPlan, map_time_labels, open_blocks_dir, plan_map
