@@ -315,7 +315,7 @@ def plain_steps(accelerator: Accelerator) -> bool:
     """Whether a training step may call torch directly (``loss.backward()``, ``clip_grad_norm_``, the optimiser's
     own ``step``) instead of Accelerate's wrappers: one process, no gradient scaler, no accumulation, where the
     wrappers do exactly these calls. Why: their per-step checks (Accelerate 1.15 looks up an optional package
-    on disk twice per optimiser step) took 17 % of a small network's fit on 2 cores."""
+    on disk twice per optimiser step) took 17 % of a small network's fit (profiled, one thread)."""
     return (
         accelerator.distributed_type == DistributedType.NO
         and accelerator.scaler is None
