@@ -437,3 +437,24 @@ def test_given_prepared_folder_of_another_config_is_refused(
     prepare(other, own)
     result = predict_samples(config(small_synth_dir), trained.out, tmp_path / "p2.csv")
     assert result.n_samples > 0 and json.loads((own / "meta.json").read_text())["window_size"] == 5
+
+
+def test_a_finished_fit_leaves_no_checkpoint_to_resume_from(
+    small_synth_dir: Path, prepared_small: Path, tmp_path: Path
+) -> None:
+    """A one-network fit writes a checkpoint after every epoch here, and deletes it once finished: a second fit
+    into the same folder trains afresh (it resumed from the first fit's last epoch and stopped at once)."""
+    from socmap.models import create_model
+
+    cfg = config(small_synth_dir, **{"train.epochs": 3, "train.checkpoint_seconds": 0})
+    data = load_prepared(prepared_small)
+    rows = np.arange(400, dtype=np.int64)
+    infos, states = [], []
+    for _ in range(2):
+        model = create_model("cnn_lstm", cfg)
+        infos.append(model.fit(data.fit_data(rows, 3, tmp_path / "fit")))
+        assert not (tmp_path / "fit" / "checkpoint.pt").exists()
+        states.append(model.net.state_dict())
+    assert infos[0].epochs_trained == infos[1].epochs_trained == 3
+    for key in states[0]:
+        assert torch.equal(states[0][key], states[1][key]), key

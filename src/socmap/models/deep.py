@@ -372,11 +372,12 @@ class DeepModel(SocModel):
         self.net_spec = {**self.net_spec, "members": count}
         if z_true and self.train_cfg.back_transform == "mean" and self.loss_type != "gaussian_nll":
             self._fit_mean_factors(nets, z_true, z_pred)
-        if count > 1 and data.workdir is not None:
+        if data.workdir is not None:  # a finished fit's checkpoint would make a later fit here resume from it
             for member in members:
                 assert member.workdir is not None
                 (member.workdir / "checkpoint.pt").unlink(missing_ok=True)
-                (member.workdir / MEMBER_FILE).unlink(missing_ok=True)
+                if count > 1:
+                    (member.workdir / MEMBER_FILE).unlink(missing_ok=True)
         return self._combined([info for _, info in fitted])
 
     def _fit_mean_factors(
