@@ -116,6 +116,22 @@ def test_training_step_gradients_match_the_padded_network() -> None:
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_cnn_lstm_step_features_stay_float32_under_bf16_autocast() -> None:
+    """The CNN's last projection feeds the float32 fusion head directly (the newest step's features), so it runs
+    in float32 under bf16 autocast while the convolutions run in bf16; its parameters keep nn.Linear's keys."""
+    torch.manual_seed(0)
+    net = RefittedCovLSTM(4, 16, 16, dropout=0.0, window_size=5).eval()
+    steps = torch.randn(64, 4, 5, 5)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        conv = net.cnn[0](steps)
+        features = net.cnn(steps)
+    assert conv.dtype == torch.bfloat16  # the convolutions still run in bf16
+    assert features.dtype == torch.float32
+    assert not torch.equal(features.to(torch.bfloat16).float(), features)  # not bf16 values
+    keys = {k for k in net.state_dict() if k.startswith("cnn.7.")}
+    assert keys == {"cnn.7.weight", "cnn.7.bias"} and isinstance(net.cnn[7], torch.nn.Linear)
+
+
 @pytest.mark.parametrize("name", ["cnn_lstm", "transformer", "cnn3d"])
 def test_output_head_runs_in_float32_under_bf16_autocast(name: str) -> None:
     """``map.precision: bf16`` autocasts the network, but its small output head stays float32: outputs are not

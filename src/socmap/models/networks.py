@@ -26,6 +26,7 @@ __all__ = [
     "NETWORK_OPTIONS",
     "CategoricalInput",
     "Cnn3d",
+    "FullPrecisionLinear",
     "PooledConv2d",
     "RefittedCovLSTM",
     "TemporalTransformer",
@@ -48,6 +49,18 @@ def full_precision(device: torch.device) -> contextlib.AbstractContextManager[An
     if device.type in {"cpu", "cuda"} and torch.is_autocast_enabled(device.type):
         return torch.autocast(device.type, enabled=False)
     return contextlib.nullcontext()
+
+
+class FullPrecisionLinear(nn.Linear):
+    """``nn.Linear`` that runs in float32 under bf16 autocast (same parameters and state-dict keys). For the
+    CNN-LSTM's per-step projection: its output goes straight into the float32 fusion head (the newest step's
+    features), so a bf16 output would round that input to 8 significant bits; the layer is about 2 % of the
+    network's FLOPs. On the bench's windows it cut bf16's largest change by 16 % (docs/benchmarks.md)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [N, in_features] (any float dtype) -> float32 [N, out_features] under autocast."""
+        with full_precision(x.device):
+            return super().forward(x.float())
 
 
 class PooledConv2d(nn.Conv2d):
@@ -112,7 +125,7 @@ class RefittedCovLSTM(nn.Module):
             nn.ReLU(),
             nn.MaxPool2d(2),
             nn.Flatten(),
-            nn.Linear(64 * reduced * reduced, lstm_input_size),
+            FullPrecisionLinear(64 * reduced * reduced, lstm_input_size),
             nn.ReLU(),
         )
         self.lstm = nn.LSTM(
