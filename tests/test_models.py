@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from socmap.errors import InputError
-from socmap.models.networks import RefittedCovLSTM, build_network, count_parameters
+from socmap.models.deep import _build_one, _one_hot_static
+from socmap.models.networks import CategoricalInput, RefittedCovLSTM, build_network, count_parameters
 
 
 def expected_parameters(c: int, window: int, hidden: int = 128, feat: int = 128, outputs: int = 1) -> int:
@@ -114,6 +116,82 @@ def test_training_step_gradients_match_the_padded_network() -> None:
     for (name, a), b in zip(net.named_parameters(), plain.parameters(), strict=True):
         assert a.grad is not None and b.grad is not None
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def _conv_flops(net: torch.nn.Module, x: torch.Tensor) -> int:
+    """FLOPs of the network's convolutions on ``x`` (torch's own counter)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        net(x)
+    return sum(v for op, v in counter.get_flop_counts()["Global"].items() if "convolution" in str(op))
+
+
+def _static_windows(n: int, channels: int, steps: int, static: list[int], seed: int = 0) -> torch.Tensor:
+    """Windows whose ``static`` channels hold one window at every step, as socmap extracts static bands."""
+    x = torch.randn(n, channels, 5, 5, steps, generator=torch.Generator().manual_seed(seed))
+    x[:, static] = x[:, static, :, :, :1]
+    return x
+
+
+@pytest.mark.parametrize("static", [[0, 1, 2, 3, 4, 5, 6], [1, 2, 4, 5, 6, 7, 8]])
+def test_static_bands_are_convolved_once_per_window_while_training(static: list[int]) -> None:
+    """With most of the first convolution's work on static bands, training convolves them once per window
+    (prefix or scattered channels): same outputs and gradients as the per-step network within float
+    rounding, and torch's FLOP counter sees the first convolution's saving; evaluation is the plain network."""
+    torch.manual_seed(0)
+    split = RefittedCovLSTM(9, 16, 16, dropout=0.0, static_channels=static).train()
+    plain = RefittedCovLSTM(9, 16, 16, dropout=0.0).train()
+    plain.load_state_dict(split.state_dict())  # the static channels are not part of the weights
+    x, y = _static_windows(12, 9, 6, static), torch.randn(12, 1)
+    for net in (split, plain):
+        torch.nn.functional.mse_loss(net(x), y).backward()
+    torch.testing.assert_close(split(x), plain(x), rtol=1e-5, atol=1e-6)
+    for (name, a), b in zip(split.named_parameters(), plain.parameters(), strict=True):
+        assert a.grad is not None and b.grad is not None
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
+    # first convolution: 4x4 training outputs x 32 x 9 taps; per step for 2 varying bands, once for 7 static
+    per_band = 2 * 12 * 16 * 32 * 9
+    saved = per_band * 7 * (6 - 1)  # 7 static bands convolved at 1 step instead of 6
+    assert _conv_flops(plain, x) - _conv_flops(split, x) == saved
+    split.eval(), plain.eval()
+    with torch.no_grad():
+        assert torch.equal(split(x), plain(x))  # evaluation: the plain per-step convolution
+
+
+def test_static_split_needs_most_of_the_work_and_several_steps() -> None:
+    """Below half of the first convolution's work (1 static band of 6 over 5 steps), or with one step, the
+    network convolves every step as before (the extra calls cost more than they save)."""
+    for channels, steps, static in ((6, 5, [0]), (9, 1, list(range(7)))):
+        torch.manual_seed(0)
+        split = RefittedCovLSTM(channels, 16, 16, dropout=0.0, static_channels=static).train()
+        plain = RefittedCovLSTM(channels, 16, 16, dropout=0.0).train()
+        plain.load_state_dict(split.state_dict())
+        x = _static_windows(4, channels, steps, static)
+        assert _conv_flops(split, x) == _conv_flops(plain, x)
+        assert torch.equal(split(x), plain(x))
+    with pytest.raises(InputError, match=r"static_channels \[0, 6\]: expected channel indices below 6"):
+        RefittedCovLSTM(6, static_channels=[6, 0])
+
+
+def test_one_hot_network_learns_which_of_its_channels_are_static() -> None:
+    """Categorical bands become one-hot channels after the kept bands; a static categorical band's classes
+    are static channels of the wrapped network."""
+    cat = {"num_channels": 5, "channels": [1, 3], "codes": [[0.0, 1.0, 2.0], [5.0, 6.0]]}
+    assert _one_hot_static(5, cat, {0, 1, 2}) == [0, 1, 3, 4, 5]  # kept 0, 2, 4 -> 0, 1, 2; band 1 -> 3, 4, 5
+    assert _one_hot_static(5, cat, {3, 4}) == [2, 6, 7]
+    spec = {
+        "name": "cnn_lstm",
+        "kwargs": {
+            "num_channels": 5,
+            "lstm_input_size": 8,
+            "lstm_hidden_size": 8,
+            "static_channels": [0, 1, 2],
+        },
+        "categorical": cat,
+    }
+    wrapped = _build_one(spec)
+    assert isinstance(wrapped, CategoricalInput)
+    assert wrapped.net.static.tolist() == [0, 1, 3, 4, 5]
 
 
 def test_cnn_lstm_step_features_stay_float32_under_bf16_autocast() -> None:

@@ -102,6 +102,19 @@ class SeedEnsemble(torch.nn.Module):
         return (pooled - math.log(len(self.members))) / self.scale
 
 
+def _one_hot_static(n_raw: int, cat: dict[str, Any], static: set[int]) -> list[int]:
+    """Static channels among :class:`CategoricalInput`'s outputs: kept bands in order, then each categorical
+    band's one-hot channels (static when the band is)."""
+    keep = [c for c in range(n_raw) if c not in set(cat["channels"])]
+    out = [i for i, c in enumerate(keep) if c in static]
+    start = len(keep)
+    for channel, codes in zip(cat["channels"], cat["codes"], strict=True):
+        if channel in static:
+            out += range(start, start + len(codes))
+        start += len(codes)
+    return out
+
+
 def _build_one(spec: dict[str, Any]) -> torch.nn.Module:
     """One network of a spec, behind one-hot channels when the data have categorical bands."""
     cat = spec.get("categorical")
@@ -110,6 +123,8 @@ def _build_one(spec: dict[str, Any]) -> torch.nn.Module:
     kwargs = dict(spec["kwargs"])
     n_raw = int(cat["num_channels"])
     kwargs["num_channels"] = n_raw - len(cat["channels"]) + sum(len(c) for c in cat["codes"])
+    if "static_channels" in kwargs:  # raw channel indices -> the one-hot network's (kept bands, then classes)
+        kwargs["static_channels"] = _one_hot_static(n_raw, cat, set(kwargs["static_channels"]))
     net = build_network(spec["name"], **kwargs)
     return CategoricalInput(net, n_raw, list(cat["channels"]), [list(c) for c in cat["codes"]])
 

@@ -9,6 +9,7 @@ the JSON keyword arguments of :func:`build_network` (see :mod:`socmap.models.dee
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -37,6 +38,10 @@ __all__ = [
     "network_options",
 ]
 
+# The CNN-LSTM convolves static bands once per window (not at every step) when that saves at least this share
+# of its first convolution's work, static * (T - 1) / (bands * T). Measured per training step on one thread:
+# 0.79 (Macedonia) 1.21-1.25x; 0.46 level (0.98-1.04x); 0.13 and 0.40 0.85-0.93x (the extra calls cost more).
+STATIC_SPLIT_SHARE = 0.5
 SMALL_LSTM_WIDTH, LARGE_LSTM_WIDTH = 32, 128  # CNN-LSTM default widths below / from the threshold
 LSTM_WIDTH_THRESHOLD = 8_000  # training samples (width 32 measured level with 128 at 7,474, lower at 15,000)
 
@@ -75,10 +80,14 @@ class PooledConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [N, C, H, W] -> [N, out, H, W]; while training [N, out, H - H % 2, W - W % 2]."""
+        return self.convolve(x, self.weight, self.bias)
+
+    def convolve(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """This layer's convolution with the given weight (a subset of its input channels) and bias."""
         if not self.training:
-            return super().forward(x)
+            return F.conv2d(x, weight, bias, padding=1)
         h, w = x.shape[-2:]
-        return F.conv2d(F.pad(x, (1, 1 - w % 2, 1, 1 - h % 2)), self.weight, self.bias)
+        return F.conv2d(F.pad(x, (1, 1 - w % 2, 1, 1 - h % 2)), weight, bias)
 
 
 def _training_layout(steps: torch.Tensor, training: bool) -> torch.Tensor:
@@ -98,7 +107,12 @@ class RefittedCovLSTM(nn.Module):
     Linear(->32)+ReLU -> Linear(->n_outputs). Works for any window >= 4 and any number of steps >= 1.
     About 307k parameters for 6 bands and 5x5 windows at the seed project's width 128 (these class defaults);
     44k at width 32, which ``socmap`` uses below 8,000 training samples (see :func:`auto_lstm_width`).
+    ``static_channels``: the bands constant in time, convolved once per window while training (see
+    :meth:`_step_features`).
     """
+
+    static: torch.Tensor
+    dynamic: torch.Tensor
 
     def __init__(
         self,
@@ -110,6 +124,7 @@ class RefittedCovLSTM(nn.Module):
         window_size: int = 5,
         n_outputs: int = 1,
         bidirectional: bool = False,
+        static_channels: Sequence[int] = (),
     ) -> None:
         super().__init__()
         if window_size < 4:
@@ -141,12 +156,51 @@ class RefittedCovLSTM(nn.Module):
         self.lstm_head = nn.Sequential(nn.Linear(directions * lstm_hidden_size, 64), nn.ReLU())
         self.fusion = nn.Sequential(nn.Linear(lstm_input_size + 64, 32), nn.ReLU(), nn.Linear(32, n_outputs))
         self.n_outputs = n_outputs
+        static = sorted({int(c) for c in static_channels})
+        if any(not 0 <= c < num_channels for c in static):
+            raise InputError(f"static_channels {static}: expected channel indices below {num_channels}")
+        # not saved with the weights (older state dicts load): the network's options rebuild them
+        self.register_buffer("static", torch.tensor(static, dtype=torch.long), persistent=False)
+        dynamic = [c for c in range(num_channels) if c not in static]
+        self.register_buffer("dynamic", torch.tensor(dynamic, dtype=torch.long), persistent=False)
+        self.prefix = static == list(range(len(static)))
+
+    def _step_features(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [batch, bands, height, width, time] -> per-step CNN features [batch, time, lstm_input_size].
+
+        Static bands hold the same window at every step, so when they are most of the first convolution's
+        work (``STATIC_SPLIT_SHARE``) their share of it (a linear map, before its ReLU) is computed once per
+        window, from the newest step, and added to every step's share of the time-varying bands: the same sum,
+        up to float rounding, for a fraction of the work (13 of Macedonia's 15 bands are static: the first
+        convolution's FLOPs drop 4.8x). While training only: the map's frozen graph fuses the plain
+        convolution with its ReLU and ran 2x slower with the split (docs/benchmarks.md). With
+        ``train.input_noise`` a static band's noise is then its newest step's draw (one per window).
+        """
+        b, c, h, w, t = x.shape
+        if not self.training or self.static.numel() * (t - 1) < STATIC_SPLIT_SHARE * c * t:
+            steps = x.permute(0, 4, 1, 2, 3).reshape(b * t, c, h, w)
+            return self.cnn(_training_layout(steps, self.training)).reshape(b, t, -1)
+        first: PooledConv2d = self.cnn[0]  # type: ignore[assignment]
+        n_static = self.static.numel()
+        if self.prefix:  # static bands first (as windows are extracted): slices, no gathers
+            x_static, x_dynamic = x[:, :n_static, :, :, -1], x[:, n_static:]
+            w_static, w_dynamic = first.weight[:, :n_static], first.weight[:, n_static:]
+        else:
+            x_static, x_dynamic = x[:, self.static, :, :, -1], x.index_select(1, self.dynamic)
+            w_static = first.weight.index_select(1, self.static)
+            w_dynamic = first.weight.index_select(1, self.dynamic)
+        fixed = first.convolve(_training_layout(x_static, self.training), w_static, first.bias)
+        if self.dynamic.numel() == 0:
+            out = fixed.unsqueeze(1).expand(-1, t, -1, -1, -1)
+        else:
+            steps = x_dynamic.permute(0, 4, 1, 2, 3).reshape(b * t, -1, h, w)
+            varying = first.convolve(_training_layout(steps, self.training), w_dynamic, None)
+            out = varying.reshape(b, t, *varying.shape[1:]) + fixed.unsqueeze(1)
+        return self.cnn[1:](out.reshape(b * t, *out.shape[2:])).reshape(b, t, -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [batch, bands, height, width, time] -> [batch, n_outputs]."""
-        b, c, h, w, t = x.shape
-        steps = x.permute(0, 4, 1, 2, 3).reshape(b * t, c, h, w)
-        features = self.cnn(_training_layout(steps, self.training)).reshape(b, t, -1)
+        features = self._step_features(x)
         sequence, (h_n, _) = self.lstm(features)
         # forward: its state after the newest step; backward (bidirectional): its state after the oldest step
         last = torch.cat([h_n[-2], h_n[-1]], dim=1) if self.bidirectional else sequence[:, -1]
@@ -331,6 +385,7 @@ def network_options(
         "window_size": inputs.window_size,
         "n_outputs": n_outputs,
         "bidirectional": train.bidirectional,
+        "static_channels": list(inputs.static_channels),
     }
 
 
