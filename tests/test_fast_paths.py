@@ -12,6 +12,7 @@ from sklearn.ensemble import RandomForestRegressor
 
 from socmap.models import FitData, InputSpec, TargetInfo
 from socmap.models.trees import FastForest, ForestModel, QuantileForestModel
+from socmap.uncertainty.aoa import feature_importance
 
 LEVELS = (0.05, 0.5, 0.95)
 
@@ -191,3 +192,14 @@ def test_window_features_skip_masks_only_where_they_change_nothing(
     masked = features.transform(holed)[:-1]
     assert np.isfinite(clean).all() and clean.dtype == np.float64
     np.testing.assert_array_equal(clean, masked)
+
+
+def test_aoa_feature_importance_does_not_depend_on_threads() -> None:
+    """The AOA's importance forest runs on every core: each tree has its own seed, so the weights equal the
+    one-thread forest's bit for bit, and they sum to 1."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(400, 7))
+    y = 2 * x[:, 0] - x[:, 3] + 0.3 * rng.normal(size=400)
+    one, every = feature_importance(x, y, seed=5, n_jobs=1), feature_importance(x, y, seed=5, n_jobs=-1)
+    assert np.array_equal(one, every)
+    assert np.isclose(every.sum(), 1.0) and set(np.argsort(every)[-2:]) == {0, 3}

@@ -162,14 +162,16 @@ def whisker_threshold(train_di: ArrayLike) -> float:
     return float(d[d <= q3 + 1.5 * (q3 - q1)].max())
 
 
-def feature_importance(features: ArrayLike, target: ArrayLike, seed: int = 0) -> FloatArray:
+def feature_importance(features: ArrayLike, target: ArrayLike, seed: int = 0, n_jobs: int = -1) -> FloatArray:
     """Impurity importance (sums to 1) of each standardised feature in a small random forest (50 trees,
-    leaves of >= 5 samples, one thread); equal weights when the forest finds nothing."""
+    leaves of >= 5 samples); equal weights when the forest finds nothing. ``n_jobs`` threads (-1: every
+    core; it runs in the parent process after cv's or train's fits): each tree has its own seed, so the
+    importances do not depend on it (tested)."""
     from sklearn.ensemble import RandomForestRegressor
 
     x = np.asarray(features, np.float64)
     forest = RandomForestRegressor(
-        n_estimators=50, min_samples_leaf=5, max_features=0.5, n_jobs=1, random_state=seed
+        n_estimators=50, min_samples_leaf=5, max_features=0.5, n_jobs=n_jobs, random_state=seed
     )
     forest.fit(x, np.asarray(target, np.float64))
     w = np.asarray(forest.feature_importances_, np.float64)
