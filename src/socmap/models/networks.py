@@ -40,7 +40,7 @@ __all__ = [
 
 # The CNN-LSTM convolves static bands once per window (not at every step) when that saves at least this share
 # of its first convolution's work, static * (T - 1) / (bands * T). Measured per training step on one thread:
-# 0.79 (Macedonia) 1.21-1.25x; 0.46 level (0.98-1.04x); 0.13 and 0.40 0.85-0.93x (the extra calls cost more).
+# 0.79 (Macedonia) 1.11-1.25x; 0.46 level (0.98-1.04x); 0.13 and 0.40 0.85-0.93x (the extra calls cost more).
 STATIC_SPLIT_SHARE = 0.5
 SMALL_LSTM_WIDTH, LARGE_LSTM_WIDTH = 32, 128  # CNN-LSTM default widths below / from the threshold
 LSTM_WIDTH_THRESHOLD = 8_000  # training samples (width 32 measured level with 128 at 7,474, lower at 15,000)
