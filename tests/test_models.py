@@ -174,6 +174,23 @@ def test_static_split_needs_most_of_the_work_and_several_steps() -> None:
         RefittedCovLSTM(6, static_channels=[6, 0])
 
 
+def test_fitted_cnn_lstm_knows_the_datas_static_bands() -> None:
+    """A fit's network options carry the data's static channels (static bands first, as extracted), and the
+    network rebuilt from them splits its first convolution."""
+    from socmap.config import TrainConfig
+    from socmap.models.base import InputSpec, TargetInfo
+    from socmap.models.networks import network_options
+
+    bands = ("dem", "slope", "clay", "ndvi")
+    spec = InputSpec(
+        bands, ("dem", "slope", "clay"), 5, 12, tuple(map(str, range(12))), {}, TargetInfo("oc", "%")
+    )
+    options = network_options("cnn_lstm", TrainConfig(), spec, 1, n_train=500)
+    assert options["static_channels"] == [0, 1, 2]
+    net = build_network("cnn_lstm", **options)
+    assert net.static.tolist() == [0, 1, 2] and net.dynamic.tolist() == [3] and net.prefix
+
+
 def test_one_hot_network_learns_which_of_its_channels_are_static() -> None:
     """Categorical bands become one-hot channels after the kept bands; a static categorical band's classes
     are static channels of the wrapped network."""
