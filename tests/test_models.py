@@ -188,7 +188,7 @@ def test_fitted_cnn_lstm_knows_the_datas_static_bands() -> None:
     options = network_options("cnn_lstm", TrainConfig(), spec, 1, n_train=500)
     assert options["static_channels"] == [0, 1, 2]
     net = build_network("cnn_lstm", **options)
-    assert net.static.tolist() == [0, 1, 2] and net.dynamic.tolist() == [3] and net.prefix
+    assert net.static.tolist() == [0, 1, 2] and net.dynamic.tolist() == [3]
 
 
 def test_one_hot_network_learns_which_of_its_channels_are_static() -> None:

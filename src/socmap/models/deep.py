@@ -105,7 +105,8 @@ class SeedEnsemble(torch.nn.Module):
 def _one_hot_static(n_raw: int, cat: dict[str, Any], static: set[int]) -> list[int]:
     """Static channels among :class:`CategoricalInput`'s outputs: kept bands in order, then each categorical
     band's one-hot channels (static when the band is)."""
-    keep = [c for c in range(n_raw) if c not in set(cat["channels"])]
+    categorical = set(cat["channels"])
+    keep = [c for c in range(n_raw) if c not in categorical]
     out = [i for i, c in enumerate(keep) if c in static]
     start = len(keep)
     for channel, codes in zip(cat["channels"], cat["codes"], strict=True):

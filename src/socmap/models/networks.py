@@ -163,7 +163,6 @@ class RefittedCovLSTM(nn.Module):
         self.register_buffer("static", torch.tensor(static, dtype=torch.long), persistent=False)
         dynamic = [c for c in range(num_channels) if c not in static]
         self.register_buffer("dynamic", torch.tensor(dynamic, dtype=torch.long), persistent=False)
-        self.prefix = static == list(range(len(static)))
 
     def _step_features(self, x: torch.Tensor) -> torch.Tensor:
         """x: [batch, bands, height, width, time] -> per-step CNN features [batch, time, lstm_input_size].
@@ -181,19 +180,15 @@ class RefittedCovLSTM(nn.Module):
             steps = x.permute(0, 4, 1, 2, 3).reshape(b * t, c, h, w)
             return self.cnn(_training_layout(steps, self.training)).reshape(b, t, -1)
         first: PooledConv2d = self.cnn[0]  # type: ignore[assignment]
-        n_static = self.static.numel()
-        if self.prefix:  # static bands first (as windows are extracted): slices, no gathers
-            x_static, x_dynamic = x[:, :n_static, :, :, -1], x[:, n_static:]
-            w_static, w_dynamic = first.weight[:, :n_static], first.weight[:, n_static:]
-        else:
-            x_static, x_dynamic = x[:, self.static, :, :, -1], x.index_select(1, self.dynamic)
-            w_static = first.weight.index_select(1, self.static)
-            w_dynamic = first.weight.index_select(1, self.dynamic)
-        fixed = first.convolve(_training_layout(x_static, self.training), w_static, first.bias)
+        x_static = x[:, self.static, :, :, -1]
+        fixed = first.convolve(
+            _training_layout(x_static, self.training), first.weight.index_select(1, self.static), first.bias
+        )
         if self.dynamic.numel() == 0:
             out = fixed.unsqueeze(1).expand(-1, t, -1, -1, -1)
         else:
-            steps = x_dynamic.permute(0, 4, 1, 2, 3).reshape(b * t, -1, h, w)
+            steps = x.index_select(1, self.dynamic).permute(0, 4, 1, 2, 3).reshape(b * t, -1, h, w)
+            w_dynamic = first.weight.index_select(1, self.dynamic)
             varying = first.convolve(_training_layout(steps, self.training), w_dynamic, None)
             out = varying.reshape(b, t, *varying.shape[1:]) + fixed.unsqueeze(1)
         return self.cnn[1:](out.reshape(b * t, *out.shape[2:])).reshape(b, t, -1)
