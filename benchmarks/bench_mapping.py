@@ -83,13 +83,15 @@ print(json.dumps({
 
 
 def model_flops_per_pixel(model: SocModel) -> tuple[float, float]:
-    """(total, lstm part) FLOPs of one forward pass per window: FlopCounterMode + the LSTM analytically."""
+    """(total, lstm part) FLOPs of one forward pass per window: FlopCounterMode + the LSTM analytically.
+    Counted with gradients on (evaluation mode), so the CNN-LSTM counts the convolutions that the map's frozen
+    graph runs, not the matrix products of its eager inference (``networks.DENSE_MAX_WINDOW``)."""
     assert isinstance(model, DeepModel) and model.net is not None
     channels, size, _, steps = model.require_inputs().window_shape
     batch = torch.randn(64, channels, size, size, steps)
     counter = FlopCounterMode(display=False)
-    with torch.inference_mode(), counter:
-        model.net(batch)
+    with counter:
+        model.net.eval()(batch)
     lstm_flops = 0.0
     for module in model.net.modules():
         if isinstance(module, torch.nn.LSTM):

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from socmap.errors import InputError
 from socmap.models.deep import _build_one, _one_hot_static
-from socmap.models.networks import CategoricalInput, RefittedCovLSTM, build_network, count_parameters
+from socmap.models.networks import (
+    CategoricalInput,
+    RefittedCovLSTM,
+    build_network,
+    conv_matrix,
+    count_parameters,
+)
 
 
 def expected_parameters(c: int, window: int, hidden: int = 128, feat: int = 128, outputs: int = 1) -> int:
@@ -100,6 +108,83 @@ def test_training_cnn_computes_only_what_the_pools_read(window: int) -> None:
         net.eval()
         assert torch.equal(net.cnn(steps), want)
         assert net.cnn[0](steps).shape[-2:] == (window, window)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("size", [2, 3, 4, 5, 7])
+def test_conv_matrix_is_the_convolution_the_pool_reads(size: int, channels_last: bool) -> None:
+    """x @ conv_matrix(w) holds F.conv2d(x, w, padding=1) at every output a 2x2 floor pool reads, in the
+    documented column order (pool offset row, column; pooled row, column; channel)."""
+    torch.manual_seed(size)
+    weight, x = (
+        torch.randn(7, 3, 3, 3, dtype=torch.float64),
+        torch.randn(11, 3, size, size, dtype=torch.float64),
+    )
+    flat = x.permute(0, 2, 3, 1).reshape(11, -1) if channels_last else x.reshape(11, -1)
+    got = flat @ conv_matrix(weight, size, channels_last=channels_last)
+    p = size // 2
+    want = torch.nn.functional.conv2d(x, weight, padding=1)[:, :, : 2 * p, : 2 * p]
+    want = want.reshape(11, 7, p, 2, p, 2).permute(0, 3, 5, 2, 4, 1).reshape(11, -1)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert got.shape == (11, 4 * 7 * p * p)
+
+
+@pytest.mark.parametrize(
+    ("window", "steps", "bidirectional"), [(4, 3, False), (5, 5, True), (6, 1, False), (7, 2, False)]
+)
+def test_inference_runs_the_cnn_as_matrix_products(window: int, steps: int, bidirectional: bool) -> None:
+    """Eager inference (no gradients) on windows up to DENSE_MAX_WINDOW runs the per-step CNN as products; the
+    outputs equal the convolutions' (evaluation mode with gradients on) up to float rounding."""
+    torch.manual_seed(window)
+    net = RefittedCovLSTM(3, 16, 16, window_size=window, bidirectional=bidirectional).eval()
+    x = torch.randn(40, 3, window, window, steps)
+    want = net(x).detach()  # gradients on: the convolutions
+    with mock.patch.object(
+        RefittedCovLSTM, "_dense_step_features", autospec=True, side_effect=_real_dense
+    ) as spy:
+        with torch.inference_mode():
+            got = net(x)
+        assert spy.call_count == 1
+        net(x)  # gradients on: not the products
+        assert spy.call_count == 1
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+_real_dense = RefittedCovLSTM._dense_step_features
+
+
+def test_products_not_in_traces_training_or_large_windows() -> None:
+    """The map's traced (frozen, oneDNN-fused) graph and training keep the convolutions; so do windows over
+    DENSE_MAX_WINDOW."""
+    from socmap.models.networks import DENSE_MAX_WINDOW
+
+    torch.manual_seed(0)
+    with mock.patch.object(
+        RefittedCovLSTM, "_dense_step_features", autospec=True, side_effect=_real_dense
+    ) as spy:
+        net = RefittedCovLSTM(3, 16, 16, window_size=5).eval()
+        with torch.no_grad():
+            traced = torch.jit.trace(net, torch.randn(8, 3, 5, 5, 2), check_trace=False)
+        assert spy.call_count == 0 and "aten::_convolution" in str(traced.inlined_graph)
+        with torch.no_grad():
+            net.train()(torch.randn(8, 3, 5, 5, 2))
+            big = DENSE_MAX_WINDOW + 1
+            RefittedCovLSTM(3, 16, 16, window_size=big).eval()(torch.randn(8, 3, big, big, 2))
+        assert spy.call_count == 0
+
+
+def test_bf16_inference_runs_the_cnn_in_float32() -> None:
+    """Under bf16 autocast the products run in float32: the per-step features are bit for bit the fp32 ones
+    (the CNN's bf16 rounding made most of bf16's change to a map); the LSTM still runs in bf16."""
+    torch.manual_seed(0)
+    net = RefittedCovLSTM(4, 16, 16, dropout=0.0, window_size=5).eval()
+    x = torch.randn(64, 4, 5, 5, 3)
+    with torch.inference_mode():
+        fp32_features, fp32_out = net._step_features(x), net(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            features, out = net._step_features(x), net(x)
+    assert features.dtype == torch.float32 and torch.equal(features, fp32_features)
+    assert not torch.equal(out, fp32_out)  # the LSTM's products are bf16
 
 
 def test_training_step_gradients_match_the_padded_network() -> None:
