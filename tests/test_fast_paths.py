@@ -170,6 +170,8 @@ def test_nearest_distance_screen_bound_holds_where_float32_misorders() -> None:
         ((4, 5, 5, 6), (0,), np.float64),
         ((3, 9, 9, 1), (), np.float32),  # static covariates only (T = 1): contiguous (H, W) sums
         ((2, 3, 3, 17), (1,), np.float32),  # a long monthly sequence
+        ((3, 9, 9, 3), (), np.float32),  # a 9 x 9 window over 3 steps (81 pixel slices added)
+        ((3, 4, 4, 2), (), np.float64),  # two steps: the shortest trend
     ],
 )
 def test_window_features_skip_masks_only_where_they_change_nothing(

@@ -64,6 +64,24 @@ def _nanmean(x: WindowArray, axis: tuple[int, ...], clean: bool = False) -> Floa
         return np.where(count > 0, total / count, np.nan)
 
 
+def _window_mean(w: WindowArray, clean: bool) -> FloatArray:
+    """Mean over each window's pixels, ``[n, C, T]`` float64, of windows ``[n, C, H, W, T]``.
+
+    Clean windows with T > 1 add the H x W pixel slices one after another in float64: numpy reduces these
+    strided axes in the same order, so the result is bit for bit ``_nanmean(w, (2, 3), True)`` (tested), 2-4x
+    faster (its float32 -> float64 reduction over strided axes is slow). T = 1 keeps numpy's reduction
+    (the pixels are contiguous there, and numpy is faster).
+    """
+    n, c, h, wd, t = w.shape
+    if not clean or t == 1 or h * wd == 0:
+        return _nanmean(w, (2, 3), clean)
+    pixels = w.reshape(n, c, h * wd, t)
+    total = pixels[:, :, 0, :].astype(np.float64)
+    for k in range(1, h * wd):
+        total += pixels[:, :, k, :]
+    return total / float(h * wd)
+
+
 def _nanstd(x: WindowArray, axis: tuple[int, ...], clean: bool = False) -> FloatArray:
     """Population standard deviation over ``axis`` ignoring NaN; NaN where nothing is finite."""
     mean = _nanmean(x, axis, clean)
@@ -71,8 +89,14 @@ def _nanstd(x: WindowArray, axis: tuple[int, ...], clean: bool = False) -> Float
     return np.sqrt(_nanmean((x - expanded) ** 2, axis, clean))
 
 
-def _trend(series: FloatArray) -> FloatArray:
-    """Least-squares slope per step of ``series`` [n, T] over its finite steps; NaN with < 2 of them."""
+def _trend(series: FloatArray, clean: bool = False) -> FloatArray:
+    """Least-squares slope per step of ``series`` [n, T] over its finite steps; NaN with < 2 of them.
+    ``clean`` (every value finite, T >= 2): the same arithmetic without the masks, bit for bit (tested)."""
+    if clean and series.shape[1] >= 2:
+        steps = np.arange(series.shape[1], dtype=np.float64)
+        dt = steps - steps.sum() / series.shape[1]
+        slope: FloatArray = ((series - series.sum(axis=1, keepdims=True) / series.shape[1]) * dt).sum(axis=1)
+        return slope / (dt**2).sum()
     t = np.arange(series.shape[1], dtype=np.float64)[None, :]
     finite = np.isfinite(series)
     count = finite.sum(axis=1, keepdims=True)
@@ -222,7 +246,7 @@ class WindowFeatures(TransformerMixin, BaseEstimator):  # type: ignore[misc]
         n, c, h, wd, t = w.shape
         ci, cj = h // 2, wd // 2
         cols: list[FloatArray] = []
-        wmean_all = _nanmean(w, (2, 3), clean)  # [n, C, T]
+        wmean_all = _window_mean(w, clean)  # [n, C, T]
         for ch in range(c):
             centre = w[:, ch, ci, cj, :].astype(np.float64)  # [n, T]
             last = t - 1
@@ -251,7 +275,7 @@ class WindowFeatures(TransformerMixin, BaseEstimator):  # type: ignore[misc]
             wstd = _nanstd(w[:, ch, :, :, last], (1, 2), clean)
             cols += [wmean, wstd, centre[:, last] - wmean]
             if t > 1:
-                cols += [_nanmean(wmean_all[:, ch], (1,), clean), _trend(wmean_all[:, ch])]
+                cols += [_nanmean(wmean_all[:, ch], (1,), clean), _trend(wmean_all[:, ch], clean)]
         return np.column_stack(cols) if n else np.empty((0, len(cols)))
 
     def raw_features(self, X: Any) -> FloatArray:
