@@ -110,6 +110,40 @@ def test_training_cnn_computes_only_what_the_pools_read(window: int) -> None:
         assert net.cnn[0](steps).shape[-2:] == (window, window)
 
 
+@pytest.mark.parametrize("window", [4, 5, 6, 7, 8, 9])
+def test_training_features_and_gradients_equal_the_per_step_cnn(window: int) -> None:
+    """While training, windows up to DENSE_MAX_WINDOW run the second convolution as a matrix product
+    (``_second_layer``), larger ones the convolution: either way the step features and every CNN gradient equal
+    the seed project's padded per-step CNN's up to float rounding."""
+    from socmap.models.networks import DENSE_MAX_WINDOW
+
+    torch.manual_seed(window)
+    net = RefittedCovLSTM(5, 16, 16, dropout=0.0, window_size=window).train()
+    ref = _padded_reference(net)
+    x = torch.randn(24, 5, window, window, 3)
+    want = ref(x.permute(0, 4, 1, 2, 3).reshape(72, 5, window, window)).reshape(24, 3, -1)
+    want.square().sum().backward()
+    with mock.patch.object(RefittedCovLSTM, "_second_layer", autospec=True, side_effect=_real_second) as spy:
+        got = net._step_features(x)
+    assert spy.call_count == (1 if window <= DENSE_MAX_WINDOW else 0)
+    got.square().sum().backward()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    grads = dict(ref.named_parameters())
+    for name, param in net.cnn.named_parameters():
+        assert param.grad is not None
+        torch.testing.assert_close(param.grad, grads[name].grad, rtol=1e-4, atol=1e-5)
+    # the product's layout where the pooled maps are larger than 1 x 1 (q = 2 for 8-9 px windows)
+    pooled = torch.randn(10, 32, window // 2, window // 2)
+    rows = pooled.permute(0, 2, 3, 1).reshape(10, -1)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            net._second_layer(rows, window // 2), net.cnn[3:](pooled), rtol=1e-5, atol=1e-6
+        )
+
+
+_real_second = RefittedCovLSTM._second_layer
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("size", [2, 3, 4, 5, 7])
 def test_conv_matrix_is_the_convolution_the_pool_reads(size: int, channels_last: bool) -> None:
@@ -154,8 +188,8 @@ _real_dense = RefittedCovLSTM._dense_step_features
 
 
 def test_products_not_in_traces_training_or_large_windows() -> None:
-    """The map's traced (frozen, oneDNN-fused) graph and training keep the convolutions; so do windows over
-    DENSE_MAX_WINDOW."""
+    """The map's traced (frozen, oneDNN-fused) graph and training do not run the inference products (training
+    keeps its first convolution); neither do windows over DENSE_MAX_WINDOW."""
     from socmap.models.networks import DENSE_MAX_WINDOW
 
     torch.manual_seed(0)

@@ -9,6 +9,8 @@ the JSON keyword arguments of :func:`build_network` (see :mod:`socmap.models.dee
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -99,7 +101,7 @@ class PooledConv2d(nn.Conv2d):
 def conv_matrix(weight: torch.Tensor, size: int, channels_last: bool = False) -> torch.Tensor:
     """A 3x3 same-padded convolution as a matrix, for the outputs that a 2x2 max pool (floor) reads.
 
-    Why: on 4-6 px windows oneDNN's convolution runs far below the machine's matmul rate (a 5x5 image is too
+    Why: on 4-7 px windows oneDNN's convolution runs far below the machine's matmul rate (a 5x5 image is too
     small to tile), while one matrix product over every window and step runs near it (``DENSE_MAX_WINDOW``).
 
     Args:
@@ -109,18 +111,35 @@ def conv_matrix(weight: torch.Tensor, size: int, channels_last: bool = False) ->
 
     Returns:
         ``[in * size², 4 * out * (size // 2)²]``; columns ordered (pool offset row, column; pooled row,
-        column; channel), so the pool is a maximum over 4 contiguous column blocks. Built by convolving the
-        identity, so every entry is a weight or zero, and the result has ``weight``'s autograd history.
+        column; channel), so the pool is a maximum over 4 contiguous column blocks. Every entry is exactly a
+        weight or zero: the product of the weights ``[out * in, 9]`` with a fixed 0/1 tap matrix, one matrix
+        product whose backward is another (deterministic, unlike a gather's scatter-add on several threads).
     """
-    c, n = weight.shape[1], weight.shape[1] * size * size
-    eye = torch.eye(n, dtype=weight.dtype, device=weight.device)
-    if channels_last:
-        basis = eye.reshape(n, size, size, c).permute(0, 3, 1, 2)
-    else:
-        basis = eye.reshape(n, c, size, size)
+    out_ch, in_ch = weight.shape[:2]
+    taps = _conv_taps(size).to(device=weight.device, dtype=weight.dtype)  # [9, size², positions]
+    p2 = (size // 2) ** 2
+    dense = (weight.reshape(out_ch * in_ch, 9) @ taps.reshape(9, -1)).reshape(
+        out_ch, in_ch, size * size, 4 * p2
+    )
+    order = (2, 1, 3, 0) if channels_last else (1, 2, 3, 0)  # rows (pixel, channel) or (channel, pixel)
+    return dense.permute(*order).reshape(in_ch * size * size, 4 * p2 * out_ch)
+
+
+@functools.lru_cache(maxsize=16)
+def _conv_taps(size: int) -> torch.Tensor:
+    """``[9, size², 4 p²]`` (p = size // 2): 1 where tap (ky, kx) of a same-padded 3x3 convolution links input
+    pixel (y, x) to an output the pool reads, listed (pool offset row, column; pooled row, column). Built
+    outside inference mode, so that a cached matrix made during a prediction serves later training."""
     p = size // 2
-    out = F.conv2d(basis, weight, padding=1)[:, :, : 2 * p, : 2 * p].reshape(n, -1, p, 2, p, 2)
-    return out.permute(0, 3, 5, 2, 4, 1).reshape(n, -1)
+    with torch.inference_mode(False):
+        taps = torch.zeros(3, 3, size, size, 2, 2, p, p, dtype=torch.float64)
+        for dy, dx, ph, pw in itertools.product(range(2), range(2), range(p), range(p)):
+            oy, ox = 2 * ph + dy, 2 * pw + dx
+            for ky, kx in itertools.product(range(3), range(3)):
+                y, x = oy + ky - 1, ox + kx - 1
+                if 0 <= y < size and 0 <= x < size:
+                    taps[ky, kx, y, x, dy, dx, ph, pw] = 1.0
+        return taps.reshape(9, size * size, 4 * p * p)
 
 
 def _pooled_relu(z: torch.Tensor, bias: torch.Tensor | None, cells: int) -> torch.Tensor:
@@ -207,6 +226,26 @@ class RefittedCovLSTM(nn.Module):
     def _step_features(self, x: torch.Tensor) -> torch.Tensor:
         """x: [batch, bands, height, width, time] -> per-step CNN features [batch, time, lstm_input_size].
 
+        Three ways to the same features (up to float rounding, tested): evaluation with gradients and traced
+        map graphs run the plain per-step CNN; eager inference runs it as matrix products
+        (:meth:`_dense_step_features`); training runs the first convolution (:meth:`_first_convolution`), and
+        on windows up to ``DENSE_MAX_WINDOW`` the second convolution as a matrix product
+        (:meth:`_second_layer`; per training step 1.13-1.26x faster on 5 px windows, docs/benchmarks.md).
+        """
+        b, c, h, w, t = x.shape
+        if self._dense_inference(h, w):
+            return self._dense_step_features(x)
+        if not self.training:
+            return self.cnn(x.permute(0, 4, 1, 2, 3).reshape(b * t, c, h, w)).reshape(b, t, -1)
+        pooled = self.cnn[2](self.cnn[1](self._first_convolution(x)))  # [b * t, 32, p, p], channels-last
+        if h == w <= DENSE_MAX_WINDOW:
+            rows = pooled.permute(0, 2, 3, 1).reshape(b * t, -1)  # (row, column, channel): a view
+            return self._second_layer(rows, pooled.shape[-1]).reshape(b, t, -1)
+        return self.cnn[3:](pooled).reshape(b, t, -1)
+
+    def _first_convolution(self, x: torch.Tensor) -> torch.Tensor:
+        """The first convolution of every step while training, ``[batch * time, 32, h', w']`` channels-last.
+
         Static bands hold the same window at every step, so when they are most of the first convolution's
         work (``STATIC_SPLIT_SHARE``) their share of it (a linear map, before its ReLU) is computed once per
         window, from the newest step, and added to every step's share of the time-varying bands: the same sum,
@@ -216,24 +255,32 @@ class RefittedCovLSTM(nn.Module):
         ``train.input_noise`` a static band's noise is then its newest step's draw (one per window).
         """
         b, c, h, w, t = x.shape
-        if self._dense_inference(h, w):
-            return self._dense_step_features(x)
-        if not self.training or self.static.numel() * (t - 1) < STATIC_SPLIT_SHARE * c * t:
-            steps = x.permute(0, 4, 1, 2, 3).reshape(b * t, c, h, w)
-            return self.cnn(_training_layout(steps, self.training)).reshape(b, t, -1)
         first: PooledConv2d = self.cnn[0]  # type: ignore[assignment]
+        if self.static.numel() * (t - 1) < STATIC_SPLIT_SHARE * c * t:
+            return first(_training_layout(x.permute(0, 4, 1, 2, 3).reshape(b * t, c, h, w), True))
         x_static = x[:, self.static, :, :, -1]
         fixed = first.convolve(
-            _training_layout(x_static, self.training), first.weight.index_select(1, self.static), first.bias
+            _training_layout(x_static, True), first.weight.index_select(1, self.static), first.bias
         )
         if self.dynamic.numel() == 0:
             out = fixed.unsqueeze(1).expand(-1, t, -1, -1, -1)
         else:
             steps = x.index_select(1, self.dynamic).permute(0, 4, 1, 2, 3).reshape(b * t, -1, h, w)
             w_dynamic = first.weight.index_select(1, self.dynamic)
-            varying = first.convolve(_training_layout(steps, self.training), w_dynamic, None)
+            varying = first.convolve(_training_layout(steps, True), w_dynamic, None)
             out = varying.reshape(b, t, *varying.shape[1:]) + fixed.unsqueeze(1)
-        return self.cnn[1:](out.reshape(b * t, *out.shape[2:])).reshape(b, t, -1)
+        return out.reshape(b * t, *out.shape[2:])
+
+    def _second_layer(self, rows: torch.Tensor, p: int) -> torch.Tensor:
+        """The second convolution, its ReLU and pool, and the projection, as matrix products: pooled first-layer
+        maps flattened (row, column, channel) ``[N, p * p * 32]`` -> ``[N, lstm_input_size]``."""
+        conv2: PooledConv2d = self.cnn[3]  # type: ignore[assignment]
+        project: nn.Linear = self.cnn[7]  # type: ignore[assignment]
+        q = p // 2
+        h = _pooled_relu(rows @ conv_matrix(conv2.weight, p, channels_last=True), conv2.bias, q * q)
+        # the projection reads the pooled maps flattened channel-first; h is (row, column, channel)
+        weight = project.weight.reshape(project.out_features, -1, q, q).permute(0, 2, 3, 1)
+        return F.relu(F.linear(h, weight.reshape(project.out_features, -1), project.bias))
 
     def _dense_inference(self, h: int, w: int) -> bool:
         """Whether the per-step CNN runs as matrix products: eager inference (no gradients, not training) on
@@ -257,17 +304,11 @@ class RefittedCovLSTM(nn.Module):
         convolutions train faster: the products' backward measured slower)."""
         b, _, s, _, t = x.shape
         conv1: PooledConv2d = self.cnn[0]  # type: ignore[assignment]
-        conv2: PooledConv2d = self.cnn[3]  # type: ignore[assignment]
-        project: nn.Linear = self.cnn[7]  # type: ignore[assignment]
-        p, q = s // 2, s // 4
+        p = s // 2
         with full_precision(x.device):
             steps = x.to(conv1.weight.dtype).permute(0, 4, 1, 2, 3).reshape(b * t, -1)
-            h = _pooled_relu(steps @ conv_matrix(conv1.weight, s), conv1.bias, p * p)
-            h = _pooled_relu(h @ conv_matrix(conv2.weight, p, channels_last=True), conv2.bias, q * q)
-            # the projection reads the pooled maps flattened channel-first; h is (row, column, channel)
-            weight = project.weight.reshape(project.out_features, -1, q, q).permute(0, 2, 3, 1)
-            out = F.relu(F.linear(h, weight.reshape(project.out_features, -1), project.bias))
-        return out.reshape(b, t, -1)
+            rows = _pooled_relu(steps @ conv_matrix(conv1.weight, s), conv1.bias, p * p)
+            return self._second_layer(rows, p).reshape(b, t, -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [batch, bands, height, width, time] -> [batch, n_outputs]."""
