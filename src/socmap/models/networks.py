@@ -300,8 +300,9 @@ class RefittedCovLSTM(nn.Module):
         the same network up to float rounding (tested), the whole network 2.07x faster on 5x5 windows
         (``DENSE_MAX_WINDOW``). In float32 under bf16 autocast: the CNN's bf16 rounding made most of bf16's
         change to the bench's whole-Bavaria map (largest change 0.20 -> 0.023 g/kg), so under bf16 only the
-        LSTM's products run in bf16. Not while training or when gradients are wanted (the cropped
-        convolutions train faster: the products' backward measured slower)."""
+        LSTM's products run in bf16. Not while training or when gradients are wanted: training keeps the
+        first convolution (cropped, channels-last, static bands once; as a product its backward measured
+        slower) and runs only the second as a product (:meth:`_second_layer`)."""
         b, _, s, _, t = x.shape
         conv1: PooledConv2d = self.cnn[0]  # type: ignore[assignment]
         p = s // 2
