@@ -230,7 +230,7 @@ class RefittedCovLSTM(nn.Module):
         map graphs run the plain per-step CNN; eager inference runs it as matrix products
         (:meth:`_dense_step_features`); training runs the first convolution (:meth:`_first_convolution`), and
         on windows up to ``DENSE_MAX_WINDOW`` the second convolution as a matrix product
-        (:meth:`_second_layer`; per training step 1.13-1.26x faster on 5 px windows, docs/benchmarks.md).
+        (:meth:`_second_layer`; a training step 1.08-1.42x faster on 4-5 px windows, docs/benchmarks.md).
         """
         b, c, h, w, t = x.shape
         if self._dense_inference(h, w):
