@@ -332,8 +332,9 @@ def test_one_hot_network_learns_which_of_its_channels_are_static() -> None:
 
 
 def test_cnn_lstm_step_features_stay_float32_under_bf16_autocast() -> None:
-    """The CNN's last projection feeds the float32 fusion head directly (the newest step's features), so it runs
-    in float32 under bf16 autocast while the convolutions run in bf16; its parameters keep nn.Linear's keys."""
+    """On the convolution path (the CNN modules called directly, as traces and evaluation with gradients do) the
+    last projection feeds the float32 fusion head directly (the newest step's features), so it runs in float32
+    under bf16 autocast while the convolutions run in bf16; its parameters keep nn.Linear's keys."""
     torch.manual_seed(0)
     net = RefittedCovLSTM(4, 16, 16, dropout=0.0, window_size=5).eval()
     steps = torch.randn(64, 4, 5, 5)
