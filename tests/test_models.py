@@ -163,6 +163,20 @@ def test_conv_matrix_is_the_convolution_the_pool_reads(size: int, channels_last:
     assert got.shape == (11, 4 * 7 * p * p)
 
 
+def test_tap_matrices_cached_during_a_prediction_serve_training() -> None:
+    """The cached tap matrix of a window size first needed by a prediction (inference mode) is a normal tensor:
+    a later training step through it back-propagates (an inference tensor cannot be saved for backward)."""
+    from socmap.models.networks import _conv_taps
+
+    _conv_taps.cache_clear()
+    net = RefittedCovLSTM(3, 8, 8, window_size=6)
+    with torch.inference_mode():
+        net.eval()(torch.randn(4, 3, 6, 6, 2))
+    assert not _conv_taps(6).is_inference() and not _conv_taps(3).is_inference()
+    net.train()(torch.randn(4, 3, 6, 6, 2)).sum().backward()
+    assert net.cnn[3].weight.grad is not None and net.cnn[3].weight.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize(
     ("window", "steps", "bidirectional"), [(4, 3, False), (5, 5, True), (6, 1, False), (7, 2, False)]
 )
