@@ -149,12 +149,12 @@ def _pooled_relu(z: torch.Tensor, bias: torch.Tensor | None, cells: int) -> torc
     return F.relu(pooled if bias is None else pooled + bias.repeat(cells))
 
 
-def _training_layout(steps: torch.Tensor, training: bool) -> torch.Tensor:
-    """Per-step windows in channels-last layout while training. Why: the CPU's NCHW max-pool kernel with
+def _training_layout(steps: torch.Tensor) -> torch.Tensor:
+    """Per-step windows in channels-last layout (training only). Why: the CPU's NCHW max-pool kernel with
     indices took 1.2-1.6 ms per call on 768 x 32 planes of 5x5 (0.1 ms in NHWC); with the cropped convolutions
     a training step is 1.2-1.4x faster on one thread (docs/benchmarks.md). Inference keeps NCHW: the map's
     frozen oneDNN graph picks its own layouts."""
-    return steps.contiguous(memory_format=torch.channels_last) if training else steps
+    return steps.contiguous(memory_format=torch.channels_last)
 
 
 class RefittedCovLSTM(nn.Module):
@@ -257,17 +257,17 @@ class RefittedCovLSTM(nn.Module):
         b, c, h, w, t = x.shape
         first: PooledConv2d = self.cnn[0]  # type: ignore[assignment]
         if self.static.numel() * (t - 1) < STATIC_SPLIT_SHARE * c * t:
-            return first(_training_layout(x.permute(0, 4, 1, 2, 3).reshape(b * t, c, h, w), True))
+            return first(_training_layout(x.permute(0, 4, 1, 2, 3).reshape(b * t, c, h, w)))
         x_static = x[:, self.static, :, :, -1]
         fixed = first.convolve(
-            _training_layout(x_static, True), first.weight.index_select(1, self.static), first.bias
+            _training_layout(x_static), first.weight.index_select(1, self.static), first.bias
         )
         if self.dynamic.numel() == 0:
             out = fixed.unsqueeze(1).expand(-1, t, -1, -1, -1)
         else:
             steps = x.index_select(1, self.dynamic).permute(0, 4, 1, 2, 3).reshape(b * t, -1, h, w)
             w_dynamic = first.weight.index_select(1, self.dynamic)
-            varying = first.convolve(_training_layout(steps, True), w_dynamic, None)
+            varying = first.convolve(_training_layout(steps), w_dynamic, None)
             out = varying.reshape(b, t, *varying.shape[1:]) + fixed.unsqueeze(1)
         return out.reshape(b * t, *out.shape[2:])
 
