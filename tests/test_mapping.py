@@ -517,6 +517,19 @@ def test_bf16_map_is_within_tolerance_of_fp32_and_reaches_the_model(
     assert not fp32.warnings
 
 
+def test_refused_map_output_is_one_line_without_a_progress_bar(run_dir: Path, tmp_path: Path) -> None:
+    """An output name ``map`` refuses gives its one-line error only: the progress bar starts with the first
+    mapped block, so no empty bar is left above the error."""
+    from tests.conftest import run_cli
+
+    out = tmp_path / "a.png"
+    bbox = ",".join(str(v) for v in BBOX)
+    result = run_cli("map", "--run", str(run_dir), "--year", str(YEAR), "--bbox", bbox, "--out", str(out))
+    assert result.returncode == 2, result.stderr
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert lines == [f"error: out {out}: expected a GeoTIFF file name ending in .tif"]
+
+
 def test_precision_flows_from_cli_and_config_into_the_model(
     run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -28,6 +28,7 @@ from socmap.split import (
     holdout_splitter,
     location_groups,
     make_splitter,
+    scoring_warning,
     split_report,
     suggest_block_size_km,
 )
@@ -293,6 +294,40 @@ def test_report_warns_on_low_validation_targets() -> None:
 
     high = split_report(X, y, np.sort(order[:-50]), np.sort(order[-50:]))
     assert "systematically higher than training" in high["warning"]
+
+
+def test_report_warns_when_r2_of_the_held_out_set_would_mislead() -> None:
+    """A small or narrow held-out set: R² against its own mean is no score (a spatial 8 % of 150 samples)."""
+    rng = np.random.default_rng(1)
+    lon, lat = rng.uniform(10, 12, 400), rng.uniform(47, 49, 400)
+    X = np.column_stack([lon, lat])
+    y = rng.normal(7.0, 0.8, 400)
+    wide = split_report(X, y, np.arange(300), np.arange(300, 400), unit="pH")
+    assert wide["warning"] is None  # 100 samples, same spread
+
+    few = split_report(X, y, np.arange(380), np.arange(380, 392), unit="pH")
+    assert few["warning"] == (
+        "validation set has only 12 samples: its R² is not a reliable score; judge by RMSE / MAE, or use "
+        "`socmap cv`, which holds out every sample once"
+    )
+    narrow_rows = np.flatnonzero(np.abs(y - 7.0) < 0.2)[:40]  # 40 samples, sd about 0.11
+    rest = np.setdiff1d(np.arange(400), narrow_rows)
+    narrow = split_report(X, y, rest, narrow_rows, unit="pH", held_out="test")
+    sd_held, sd_train = np.std(y[narrow_rows]), np.std(y[rest])
+    assert sd_held / sd_train < 0.5
+    expected = (
+        f"test set has a narrow spread (sd {sd_held:.3g} pH, {sd_held / sd_train:.0%} of the training targets' "
+        f"{sd_train:.3g} pH): its R² is not a reliable score"
+    )
+    assert expected in narrow["warning"], narrow["warning"]  # after the KS test's sentence (spreads differ)
+    both = scoring_warning(y[narrow_rows][:12], y[rest], "test", " pH")
+    assert both is not None and both.startswith("test set has only 12 samples and a narrow spread (sd ")
+    assert scoring_warning(y[:30], y[30:]) is None  # 30 samples of the same spread: fine
+
+    order = np.argsort(y)  # a low-tail hold-out: both the KS warning and the scoring warning, in that order
+    low = split_report(X, y, np.sort(order[20:]), np.sort(order[:20]), unit="pH")
+    assert low["warning"].startswith("validation targets are systematically lower than training")
+    assert "; validation set has only 20 samples and a narrow spread" in low["warning"]
 
 
 def test_report_rejects_empty_side() -> None:

@@ -518,20 +518,25 @@ def _pixel_progress(label: str) -> Iterator[Callable[[int, int], None]]:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task("map", total=None, rate="")
-        first: list[float] = []  # time and pixels of the first report: resumed blocks are not speed
+    bar = Progress(*columns, console=console, transient=False)
+    task = bar.add_task("map", total=None, rate="")
+    first: list[float] = []  # time and pixels of the first report: resumed blocks are not speed
 
-        def on_progress(done: int, total: int) -> None:
-            now = time.perf_counter()
-            if not first:
-                first.extend((now, done))
-                bar.reset(task, total=total, completed=done, rate="")
-                return
-            rate = (done - first[1]) / max(now - first[0], 1e-9)
-            bar.update(task, completed=done, rate=f"{rate:,.0f} px/s")
+    def on_progress(done: int, total: int) -> None:
+        now = time.perf_counter()
+        if not first:  # shown from the first report on: a refused input leaves no empty bar above its error
+            first.extend((now, done))
+            bar.start()
+            bar.reset(task, total=total, completed=done, rate="")
+            return
+        rate = (done - first[1]) / max(now - first[0], 1e-9)
+        bar.update(task, completed=done, rate=f"{rate:,.0f} px/s")
 
+    try:
         yield on_progress
+    finally:
+        if first:
+            bar.stop()
 
 
 @app.command()

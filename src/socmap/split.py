@@ -47,6 +47,7 @@ __all__ = [
     "holdout_splitter",
     "location_groups",
     "make_splitter",
+    "scoring_warning",
     "split_report",
     "splitter_for",
     "suggest_block_size_km",
@@ -58,6 +59,8 @@ EARTH_RADIUS_KM = 6371.0088  # mean Earth radius (IUGG)
 _RADIUS_SLACK = 1e-9
 # Above this many neighbour pairs the distance graph would not fit comfortably in memory.
 _MAX_PAIRS = 50_000_000
+MIN_SCORED_ROWS = 30  # held-out samples below which R² has a wide sampling error
+MIN_SPREAD_RATIO = 0.5  # sd(held-out) / sd(training) below this: R² against the held-out mean misleads
 
 IntArray = NDArray[np.intp]
 FloatArray = NDArray[np.float64]
@@ -386,6 +389,34 @@ class DistanceSplit(_SpatialCV):
         return out
 
 
+def scoring_warning(
+    held: FloatArray, train: FloatArray, held_out: str = "validation", unit: str = ""
+) -> str | None:
+    """A sentence when R² on the held-out targets ``held`` would mislead, else None: fewer than
+    ``MIN_SCORED_ROWS`` of them (R²'s sampling error is wide), or a spread below ``MIN_SPREAD_RATIO`` of the
+    training targets' (R² divides the squared error by the held-out set's own variance, so accurate predictions
+    of a narrow set still score near or below 0). ``unit`` is appended to the numbers as given (" g/kg").
+
+    Why: with 100-500 samples a spatial hold-out of 8 % is one or two blocks, often 10-40 samples from one
+    landscape; its R² can be -2 while its RMSE is better than cross-validation's."""
+    n = held.size
+    sd_held, sd_train = float(np.std(held)), float(np.std(train))
+    ratio = sd_held / sd_train if sd_train > 0 else 1.0
+    reasons = []
+    if n < MIN_SCORED_ROWS:
+        reasons.append(f"only {n} samples")
+    if ratio < MIN_SPREAD_RATIO:
+        reasons.append(
+            f"a narrow spread (sd {sd_held:.3g}{unit}, {ratio:.0%} of the training targets' {sd_train:.3g}{unit})"
+        )
+    if not reasons:
+        return None
+    return (
+        f"{held_out} set has {' and '.join(reasons)}: its R² is not a reliable score; judge by RMSE / MAE, or "
+        "use `socmap cv`, which holds out every sample once"
+    )
+
+
 def _summary(values: FloatArray) -> dict[str, float]:
     q05, q25, q75, q95 = np.quantile(values, [0.05, 0.25, 0.75, 0.95])
     return {
@@ -430,6 +461,7 @@ def split_report(
     ks = stats.ks_2samp(yv[va], yv[tr])
     train_s, val_s = _summary(yv[tr]), _summary(yv[va])
     warning = None
+    u = f" {unit}" if unit else ""
     if ks.pvalue < alpha:
         if val_s["median"] < train_s["median"]:
             how = "systematically lower than"
@@ -437,11 +469,13 @@ def split_report(
             how = "systematically higher than"
         else:
             how = "distributed differently from"
-        u = f" {unit}" if unit else ""
         warning = (
             f"{held_out} targets are {how} training (median {val_s['median']:.3g} vs "
             f"{train_s['median']:.3g}{u}, KS p={ks.pvalue:.2g})"
         )
+    scoring = scoring_warning(yv[va], yv[tr], held_out, u)
+    if scoring is not None:
+        warning = scoring if warning is None else f"{warning}; {scoring}"
     n = tr.size + va.size
     return {
         "n_train": int(tr.size),
