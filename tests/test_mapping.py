@@ -517,6 +517,20 @@ def test_bf16_map_is_within_tolerance_of_fp32_and_reaches_the_model(
     assert not fp32.warnings
 
 
+def test_a_uniform_interval_width_is_said_in_words() -> None:
+    """A constant-width (plain split-conformal) interval gets a sentence with its width, not a flat colour;
+    float32 overview averages of one width still count as one width; a varying width gets the colour map."""
+    from socmap.mapping.previews import uniform_width_note
+
+    width = np.ma.masked_invalid(np.array([[2.78, 2.78, np.nan], [2.78, 2.78, 2.78]], np.float32))
+    note = uniform_width_note(width.compressed(), "pH")
+    assert note is not None and note.startswith("the interval has the same width everywhere: 2.78 pH\n")
+    rounded = np.float32(2.78) * (1 + np.array([0.0, 3e-7, -5e-7], np.float32))
+    assert uniform_width_note(rounded, "pH") is not None
+    assert uniform_width_note(np.array([2.78, 2.79]), "pH") is None
+    assert uniform_width_note(np.array([np.nan]), "pH") is None
+
+
 def test_refused_map_output_is_one_line_without_a_progress_bar(run_dir: Path, tmp_path: Path) -> None:
     """An output name ``map`` refuses gives its one-line error only: the progress bar starts with the first
     mapped block, so no empty bar is left above the error."""

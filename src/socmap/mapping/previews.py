@@ -31,11 +31,13 @@ __all__ = [
     "color_limits",
     "map_title",
     "render_previews",
+    "uniform_width_note",
 ]
 
 PNG_MAX_PIXELS = 1600
 PNG_PERCENTILES = (2.0, 98.0)  # the prediction's colour scale: robust to a few extreme pixels
 ColorLimits = tuple[float, float]
+UNIFORM_TOLERANCE = 1e-5  # relative: float32 rounding of overview averages of one width
 
 
 def color_limits(values: ArrayLike, percentiles: tuple[float, float] = PNG_PERCENTILES) -> ColorLimits:
@@ -128,6 +130,27 @@ def _figure(
     plt.close(fig)
 
 
+def uniform_width_note(width: ArrayLike, unit: str) -> str | None:
+    """The uncertainty preview's text when the interval has one width everywhere (a colour map of a constant
+    shows nothing), else None.
+
+    Why: the calibration keeps a constant-width (plain split-conformal) interval when no input of its residual
+    scale model (prediction, a model's own width, the dissimilarity index) narrowed the interval on its rows,
+    which is common with 100-300 samples."""
+    values = np.asarray(width, np.float64).ravel()
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return None
+    low, high = float(values.min()), float(values.max())
+    if high - low > UNIFORM_TOLERANCE * max(abs(high), 1e-12):
+        return None
+    return (
+        f"the interval has the same width everywhere: {high:.3g} {unit}\n"
+        "(its calibration found no input that narrows it locally:\nprediction, model width or dissimilarity); "
+        "see the AOA map\nfor where the model extrapolates"
+    )
+
+
 def render_previews(
     cog: Path, plan: MapPlan, png: Path, uncertainty_png: Path, limits: ColorLimits | None = None
 ) -> None:
@@ -167,6 +190,18 @@ def render_previews(
     finite = width.compressed()
     top_value = float(np.percentile(finite, 98)) if finite.size else 1.0
     what = {CONFORMAL: "calibrated", MODEL_INTERVALS: "models' own, uncalibrated"}.get(method, method)
+    note = uniform_width_note(finite, unit)
+    if note is not None:
+        _figure(
+            frame,
+            None,
+            f"{stem} prediction interval width ({what}), {models}",
+            note,
+            "magma",
+            (0.0, 1.0),
+            uncertainty_png,
+        )
+        return
     _figure(
         frame,
         width,
