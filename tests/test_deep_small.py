@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -166,6 +167,34 @@ def test_cv_reports_a_degenerate_fold(tmp_path: Path) -> None:
     fit = _fit(task, config, Prepared)  # type: ignore[arg-type]
     assert any("degenerate model on its test fold" in w for w in fit.info.warnings)
     assert "warnings" in CVResult.__dataclass_fields__
+
+
+def test_cv_warns_about_a_model_worse_than_the_mean() -> None:
+    """Pooled out-of-fold R² below 0 (over-dispersed predictions: a small-data transformer did this) is said
+    by name with its R²; a model above 0 is not named."""
+    from socmap.evaluate.stage import worse_than_mean_warnings
+    from socmap.evaluate.tables import fold_metrics, summarize
+
+    rng = np.random.default_rng(0)
+    observed = rng.normal(7.0, 0.8, 100)
+    good = observed + rng.normal(0, 0.5, 100)
+    wild = 7.0 + 2.5 * (observed - 7.0) + rng.normal(0, 1.5, 100)  # follows the target, but too spread
+    frames, per_fold = [], []
+    for name, pred in (("rf", good), ("transformer", wild)):
+        for k in range(5):
+            rows = slice(20 * k, 20 * (k + 1))
+            table = pd.DataFrame(
+                {"model": name, "fold": k, "observed": observed[rows], "predicted": pred[rows]}
+            )
+            frames.append(table)
+            per_fold.append({"model": name, "fold": k} | fold_metrics(table, False))
+    summary = summarize(pd.DataFrame(per_fold), pd.concat(frames), set())
+    r2 = 1 - np.sum((observed - wild) ** 2) / np.sum((observed - observed.mean()) ** 2)
+    assert r2 < 0 < 1 - np.sum((observed - good) ** 2) / np.sum((observed - observed.mean()) ** 2)
+    assert worse_than_mean_warnings(summary) == [
+        f"transformer: pooled out-of-fold R² {r2:.3f} is below 0: it predicts worse than the mean of the "
+        "observations; do not map with it"
+    ]
 
 
 # ------------------------------------------------------------------------------------------- log target

@@ -287,6 +287,19 @@ def _uncertainty(
     return _Uncertainty(table, interval_table(curve_rows, CURVE), errors, threshold, markdown)
 
 
+def worse_than_mean_warnings(summary: pd.DataFrame) -> list[str]:
+    """One warning per model whose pooled out-of-fold R² is below 0: its predictions are further from the
+    observations than the observations' mean is, so its map would mislead (small data sets and unstable
+    kinds, e.g. a transformer on 80 training samples). ``summary``: :func:`summarize`'s table."""
+    r2 = summary[summary["metric"] == "r2"]
+    return [
+        f"{model}: pooled out-of-fold R² {pooled:.3f} is below 0: it predicts worse than the mean of the "
+        "observations; do not map with it"
+        for model, pooled in zip(r2["model"], r2["pooled"], strict=True)
+        if np.isfinite(pooled) and pooled < 0
+    ]
+
+
 def _notes(data: PreparedData, n_tested: int, ceiling: float | None) -> list[str]:
     notes = [
         f"{len(data.samples)} samples; {n_tested} tested at least once; target unit "
@@ -420,7 +433,7 @@ def cross_validate(
         calibration_curve=uncertain.curve,
         aoa_errors=uncertain.aoa_errors,
         aoa_threshold=uncertain.threshold,
-        warnings=scores.warnings,
+        warnings=scores.warnings + worse_than_mean_warnings(summary),
         n_resumed=scores.n_resumed,
     )
     _write_outputs(config, data, result, int(tested.size))
