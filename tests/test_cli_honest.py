@@ -71,6 +71,22 @@ def test_train_labels_every_score_and_never_selects_on_the_test_set(ph: Path, tm
     assert roles["test"] == pytest.approx(0.25 * roles.sum(), abs=3)
 
 
+def test_train_prints_the_out_of_fold_score_of_its_calibration_cv(ph: Path, tmp_path: Path) -> None:
+    """With calibration on, `socmap train` also prints the calibration CV's out-of-fold score of all training
+    samples (steadier than a small test set's), as stored in calibration.json and recomputed from its rows."""
+    run = tmp_path / "run"
+    proc = run_cli("train", "--config", str(ph), "--out", str(run), "--model", "linear", "--num-runs", "1")
+    assert proc.returncode == 0, proc.stderr
+    state = json.loads((run / "calibration.json").read_text())
+    oof = pd.read_csv(run / "calibration_oof.csv")
+    y, p = oof["observed"], oof["predicted"]
+    r2 = 1 - ((y - p) ** 2).sum() / ((y - y.mean()) ** 2).sum()
+    assert state["oof_metrics"]["r2"] == pytest.approx(r2)
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("out-of-fold score of the"))
+    assert line.startswith(f"out-of-fold score of the {len(oof)} training samples ({state['folds']}-fold ")
+    assert f"R² {r2:.3f}, RMSE " in line
+
+
 def test_no_validation_says_the_score_is_a_training_fit(ph: Path, tmp_path: Path) -> None:
     proc = run_cli("train", "--config", str(ph), "--out", str(tmp_path / "r"), *FAST, "--no_validation")
     assert proc.returncode == 0, proc.stderr

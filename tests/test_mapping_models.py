@@ -157,6 +157,11 @@ def test_train_stores_a_calibration_refittable_from_its_oof(qrf_run: Path) -> No
     assert saved.offsets == pytest.approx(again.offsets) and saved.scale == again.scale
     assert set(state["test"]) >= {"0.5", "0.9", "aoa"} and state["n_test"] > 20
     assert 0.6 < state["test"]["0.9"]["picp"] <= 1.0
+    # the run's out-of-fold score on its training samples, recomputed from the stored out-of-fold rows
+    y, p = oof["observed"].to_numpy(), oof["predicted"].to_numpy()
+    assert state["oof_metrics"]["r2"] == pytest.approx(1 - np.sum((y - p) ** 2) / np.sum((y - y.mean()) ** 2))
+    assert state["oof_metrics"]["rmse"] == pytest.approx(np.sqrt(np.mean((y - p) ** 2)))
+    assert state["oof_metrics"]["me"] == pytest.approx(np.mean(p - y))
 
 
 def test_tree_map_is_bit_identical_on_dask_threads(qrf_run: Path, qrf_map: MapResult, tmp_path: Path) -> None:

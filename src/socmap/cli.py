@@ -344,6 +344,13 @@ def _echo_calibration(out: Path) -> None:
     state = json.loads(path.read_text())
     nominal = float(state["nominal"])
     test = state.get("test", {}).get(f"{nominal:g}")
+    oof = state.get("oof_metrics")
+    if oof:
+        typer.echo(
+            f"out-of-fold score of the {state['n']} training samples ({state.get('folds')}-fold "
+            f"{state.get('design')} CV, the runs' mean per fold): R² {oof['r2']:.3f}, RMSE {oof['rmse']:.3g}, "
+            f"MAE {oof['mae']:.3g}, ME {oof['me']:+.3g}, CCC {oof['ccc']:.3f}"
+        )
     text = f"interval calibration: {state['n']} out-of-fold residuals ({state.get('folds')} folds)"
     if test:
         text += (

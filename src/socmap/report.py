@@ -390,6 +390,14 @@ def _intervals_section(ctx: _Context) -> str:
 
     calib = Calibration.from_json(state)
     body = f"<p>{html.escape(calib.describe())}. Nominal coverage of the mapped interval: {calib.nominal:.0%}.</p>"
+    oof = state.get("oof_metrics")
+    if oof:
+        body += (
+            f"<p>Out-of-fold score of the {state['n']} training samples in that CV ({state.get('folds')} folds, "
+            f"{html.escape(str(state.get('design')))}; every sample predicted by runs that never saw it): "
+            f"R² {oof['r2']:.3f}, RMSE {oof['rmse']:.3g}, MAE {oof['mae']:.3g}, ME {oof['me']:+.3g}, "
+            f"CCC {oof['ccc']:.3f}. With few samples this is a steadier score than the held-out test set's.</p>"
+        )
     test = {k: v for k, v in state.get("test", {}).items() if k != "aoa"}
     if test:
         rows = [{"nominal": float(k), **v} for k, v in test.items()]

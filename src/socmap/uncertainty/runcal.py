@@ -27,7 +27,7 @@ from numpy.typing import NDArray
 from socmap._atomic import atomic_file, write_json
 from socmap.config import SocmapConfig
 from socmap.errors import InputError
-from socmap.metrics import interval_metrics
+from socmap.metrics import interval_metrics, regression_metrics
 from socmap.models import SocModel, create_model, predict_located, read_rows
 from socmap.split import splitter_for
 from socmap.uncertainty.aoa import AreaOfApplicability, fit_aoa
@@ -47,6 +47,7 @@ __all__ = [
 
 CALIBRATION_FILE = "calibration.json"
 CALIBRATION_OOF_FILE = "calibration_oof.csv"
+OOF_METRICS = ("r2", "rmse", "mae", "me", "ccc")  # of the calibration CV, stored in calibration.json
 LEVELS = (0.05, 0.5, 0.95)  # the members' own quantiles whose Q95-Q05 width may feed the scale model
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
@@ -193,7 +194,15 @@ def calibrate_run(
     )
     with atomic_file(folder / CALIBRATION_OOF_FILE) as tmp:
         table.to_csv(tmp, index=False)
-    info = {"design": design, "folds": len(tests), "runs_per_fold": runs, "uses_width": uses_width}
+    scores = regression_metrics(data.target[tested], oof[tested])
+    info = {
+        "design": design,
+        "folds": len(tests),
+        "runs_per_fold": runs,
+        "uses_width": uses_width,
+        # the run's score on every training sample it calibrates on: steadier than a small test set's
+        "oof_metrics": {k: float(scores[k]) for k in OOF_METRICS},
+    }
     write_json(folder / CALIBRATION_FILE, {**calib.to_json(), **info})
     return RunUncertainty(calib, aoa, uses_width, info)
 
