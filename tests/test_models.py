@@ -57,8 +57,22 @@ def test_time_order_matters_and_last_step_feeds_fusion() -> None:
 
 
 def test_small_window_refused_and_registry() -> None:
-    with pytest.raises(InputError, match="window size 3: RefittedCovLSTM needs windows of at least 4"):
+    message = (
+        "windows.size 3: cnn_lstm needs windows of at least 4 pixels (its two 2x2 poolings); set windows.size 4 "
+        "or more, or use cnn3d, transformer (any window) or a tree model"
+    )
+    with pytest.raises(InputError) as refused:
         RefittedCovLSTM(6, window_size=3)
+    assert str(refused.value) == message
+    # cv creates every kind before any fitting: a 3-pixel config is refused there, naming the key
+    from socmap.config import load_config
+    from socmap.evaluate.stage import check_models
+
+    small = load_config(None, {"windows.size": 3, "cv.models": ["rf", "cnn3d", "transformer", "cnn_lstm"]})
+    with pytest.raises(InputError) as early:
+        check_models(small)
+    assert str(early.value) == message
+    assert check_models(load_config(None, {"windows.size": 3, "cv.models": ["rf", "cnn3d", "transformer"]}))
     with pytest.raises(InputError, match=r"network .resnet.: expected one of cnn3d, cnn_lstm, transformer"):
         build_network("resnet", num_channels=6)
 

@@ -53,18 +53,18 @@ def test_edgeroi_raster_without_crs_needs_assume_crs(tmp_path: Path) -> None:
 def test_macedonia_monthly_series_matches_published_regression_matrix(tmp_path: Path) -> None:
     root = shared_data("macedonia")
     data, _ = prepare(load_config(CONFIGS / "macedonia.yaml"), tmp_path / "mkd")
-    assert data.windows.shape[1:] == (15, 3, 3, 12)
+    assert data.windows.shape[1:] == (15, 5, 5, 12)
     assert data.meta.time_labels == [f"{m:02d}" for m in range(1, 13)]
     reg = pd.read_csv(root / "soil" / "MKD_RegMatrix.csv")
     merged = data.samples.reset_index().merge(reg, left_on="sample_id", right_on="id")
     assert len(merged) == len(reg)
     for ch, band in enumerate(data.bands[:13]):
-        centre = data.windows[merged["index"].to_numpy(), ch, 1, 1, 0]
+        centre = data.windows[merged["index"].to_numpy(), ch, 2, 2, 0]
         np.testing.assert_allclose(centre, merged[band].astype(float), rtol=1e-6, err_msg=band)
     # the monthly LST-day series: step k is month k+1, read from T{month}MOD3.tif
     t = data.bands.index("T")
     with rasterio.open(root / "covs" / "T07MOD3.tif") as src:
         ref = np.array([v[0] for v in src.sample(zip(merged["X"], merged["Y"], strict=True))])
     np.testing.assert_array_equal(
-        data.windows[merged["index"].to_numpy(), t, 1, 1, 6], ref.astype(np.float32)
+        data.windows[merged["index"].to_numpy(), t, 2, 2, 6], ref.astype(np.float32)
     )

@@ -36,7 +36,14 @@ from socmap.models.base import (
 )
 from socmap.models.checks import degenerate_warning
 from socmap.models.features import MAX_CATEGORIES, unseen_classes
-from socmap.models.networks import CategoricalInput, build_network, check_network_options, network_options
+from socmap.models.networks import (
+    CategoricalInput,
+    RefittedCovLSTM,
+    build_network,
+    check_network_options,
+    network_options,
+    window_size_error,
+)
 from socmap.models.trainer import Tracking, fit_network, wandb_mode
 from socmap.normalize import Normalizer
 from socmap.split import holdout_splitter
@@ -190,6 +197,8 @@ class DeepModel(SocModel):
             config.name,
             config.model_dump(mode="json", exclude={"base_dir"}),
         )
+        if cls.network == "cnn_lstm" and config.windows.size < RefittedCovLSTM.MIN_WINDOW:
+            raise InputError(window_size_error(config.windows.size))  # before any fit (cv creates every kind)
         model = cls(config.train, config.sampling, tracking, config.split)
         model.options = check_network_options(cls.network, dict(config.models.get(cls.kind, {})))
         if config.train.init_from is not None:

@@ -12,7 +12,7 @@ import contextlib
 import functools
 import itertools
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +39,7 @@ __all__ = [
     "conv_matrix",
     "count_parameters",
     "network_options",
+    "window_size_error",
 ]
 
 # The CNN-LSTM convolves static bands once per window (not at every step) when that saves at least this share
@@ -157,6 +158,14 @@ def _training_layout(steps: torch.Tensor) -> torch.Tensor:
     return steps.contiguous(memory_format=torch.channels_last)
 
 
+def window_size_error(window_size: int) -> str:
+    """The one-line refusal of a window too small for the CNN-LSTM, naming the key and what works."""
+    return (
+        f"windows.size {window_size}: cnn_lstm needs windows of at least {RefittedCovLSTM.MIN_WINDOW} pixels "
+        "(its two 2x2 poolings); set windows.size 4 or more, or use cnn3d, transformer (any window) or a tree model"
+    )
+
+
 class RefittedCovLSTM(nn.Module):
     """CNN per time step -> LSTM over time -> fusion head -> ``n_outputs`` values per sample.
 
@@ -170,6 +179,7 @@ class RefittedCovLSTM(nn.Module):
     :meth:`_step_features`).
     """
 
+    MIN_WINDOW: ClassVar[int] = 4  # two 2x2 max-pools
     static: torch.Tensor
     dynamic: torch.Tensor
 
@@ -186,8 +196,8 @@ class RefittedCovLSTM(nn.Module):
         static_channels: Sequence[int] = (),
     ) -> None:
         super().__init__()
-        if window_size < 4:
-            raise InputError(f"window size {window_size}: RefittedCovLSTM needs windows of at least 4 pixels")
+        if window_size < self.MIN_WINDOW:
+            raise InputError(window_size_error(window_size))
         if num_channels < 1:
             raise InputError(f"num_channels {num_channels}: expected at least 1 band")
         reduced = (window_size // 2) // 2
