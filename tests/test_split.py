@@ -320,6 +320,14 @@ def test_report_warns_when_r2_of_the_held_out_set_would_mislead() -> None:
         f"{sd_train:.3g} pH): its R² is not a reliable score"
     )
     assert expected in narrow["warning"], narrow["warning"]  # after the KS test's sentence (spreads differ)
+    # same level, other spread: the KS sentence says so instead of calling the set "systematically higher"
+    q = np.quantile(y[rest], [0.25, 0.5, 0.75])
+    assert abs(np.median(y[narrow_rows]) - q[1]) < 0.1 * (q[2] - q[0])
+    iqr_held = np.subtract(*np.quantile(y[narrow_rows], [0.75, 0.25]))
+    assert narrow["warning"].startswith(
+        f"test targets are distributed differently from training (median {np.median(y[narrow_rows]):.3g} vs "
+        f"{q[1]:.3g} pH, IQR {iqr_held:.3g} vs {q[2] - q[0]:.3g} pH, KS p="
+    ), narrow["warning"]
     both = scoring_warning(y[narrow_rows][:12], y[rest], "test", " pH")
     assert both is not None and both.startswith("test set has only 12 samples and a narrow spread (sd ")
     assert scoring_warning(y[:30], y[30:]) is None  # 30 samples of the same spread: fine

@@ -59,6 +59,7 @@ EARTH_RADIUS_KM = 6371.0088  # mean Earth radius (IUGG)
 _RADIUS_SLACK = 1e-9
 # Above this many neighbour pairs the distance graph would not fit comfortably in memory.
 _MAX_PAIRS = 50_000_000
+MIN_MEDIAN_SHIFT = 0.1  # of the training IQR: a smaller median shift is not called "systematically" low/high
 MIN_SCORED_ROWS = 30  # held-out samples below which R² has a wide sampling error
 MIN_SPREAD_RATIO = 0.5  # sd(held-out) / sd(training) below this: R² against the held-out mean misleads
 
@@ -463,15 +464,16 @@ def split_report(
     warning = None
     u = f" {unit}" if unit else ""
     if ks.pvalue < alpha:
-        if val_s["median"] < train_s["median"]:
-            how = "systematically lower than"
-        elif val_s["median"] > train_s["median"]:
-            how = "systematically higher than"
-        else:
-            how = "distributed differently from"
+        shift = val_s["median"] - train_s["median"]
+        iqr = (train_s["q75"] - train_s["q25"], val_s["q75"] - val_s["q25"])
+        if abs(shift) > MIN_MEDIAN_SHIFT * iqr[0]:
+            how = "systematically lower than" if shift < 0 else "systematically higher than"
+            spread = ""
+        else:  # the KS test saw a difference of spread or shape, not of level
+            how, spread = "distributed differently from", f", IQR {iqr[1]:.3g} vs {iqr[0]:.3g}{u}"
         warning = (
             f"{held_out} targets are {how} training (median {val_s['median']:.3g} vs "
-            f"{train_s['median']:.3g}{u}, KS p={ks.pvalue:.2g})"
+            f"{train_s['median']:.3g}{u}{spread}, KS p={ks.pvalue:.2g})"
         )
     scoring = scoring_warning(yv[va], yv[tr], held_out, u)
     if scoring is not None:
