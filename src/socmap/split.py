@@ -399,7 +399,7 @@ def scoring_warning(
     of a narrow set still score near or below 0). ``unit`` is appended to the numbers as given (" g/kg").
 
     Why: with 100-500 samples a spatial hold-out of 8 % is one or two blocks, often 10-40 samples from one
-    landscape; its R² can be -2 while its RMSE is better than cross-validation's."""
+    landscape; its R² can lie far below 0 while its RMSE is better than cross-validation's."""
     n = held.size
     sd_held, sd_train = float(np.std(held)), float(np.std(train))
     ratio = sd_held / sd_train if sd_train > 0 else 1.0
