@@ -394,3 +394,85 @@ def test_a_registered_kind_needs_no_change_elsewhere(tmp_path: Path) -> None:
     np.testing.assert_allclose(model.predict(x), y, rtol=1e-5)
     save_model(model, tmp_path / "m")
     np.testing.assert_array_equal(load_model(tmp_path / "m").predict(x), model.predict(x))
+
+
+# ------------------------------------------------------------------ xgb's boosting rounds follow the data size
+def _noisy_set(n: int, seed: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Windows whose target is a weak signal in much noise (where 400 rounds fit the noise)."""
+    x, rng = windows(n, seed=seed), np.random.default_rng(seed)
+    y = x[:, 1, 2, 2, -1].astype(np.float64) + rng.normal(0, 6.0, n)
+    return x, y
+
+
+def _early_stopped_mean_rmse(
+    x: np.ndarray, y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]], params: dict[str, object]
+) -> np.ndarray:
+    """Mean held-out RMSE per boosting round over ``folds``: each fold fitted by XGBRegressor on its own."""
+    from xgboost import XGBRegressor
+
+    curves = []
+    for train, test in folds:
+        est = XGBRegressor(**params, n_estimators=300, eval_metric="rmse")
+        est.fit(x[train], y[train], eval_set=[(x[test], y[test])], verbose=False)
+        curves.append(est.evals_result()["validation_0"]["rmse"])
+    return np.mean(curves, axis=0)
+
+
+def test_xgb_rounds_are_chosen_by_inner_spatial_cv_on_small_data() -> None:
+    from socmap.models.trees import ROUNDS_FOLDS, XGBoostModel
+    from socmap.split import SpatialBlockKFold, suggest_block_size_km
+
+    x, y = _noisy_set(200)
+    data = fit_data(x, y, np.arange(200), seed=2)
+    deterministic = {"max_depth": 3, "subsample": 1.0, "colsample_bytree": 1.0}  # no row/column sampling
+    model = XGBoostModel(deterministic, n_jobs=1)
+    info = model.fit(data)
+    rounds = int(info.schedule["n_estimators"])
+    assert info.schedule["rounds_by_inner_cv"] == 1.0 and not info.warnings
+    assert model.estimator.get_booster().num_boosted_rounds() == rounds < 400
+    # independently: the chosen count minimises the mean held-out RMSE of the same spatial-block folds
+    assert data.coords is not None
+    size = suggest_block_size_km(data.coords[:, 0], data.coords[:, 1], 3 * ROUNDS_FOLDS)
+    folds = list(SpatialBlockKFold(ROUNDS_FOLDS, size, 2).split(data.coords))
+    feats = WindowFeatures(static_channels=(0,), band_names=BANDS).fit_transform(x)
+    params = {k: v for k, v in model.defaults.items() if k != "n_estimators"} | deterministic
+    params |= {"random_state": 2, "n_jobs": 1}
+    curve = _early_stopped_mean_rmse(feats, y, folds, params)
+    assert curve[rounds - 1] == pytest.approx(curve.min(), rel=1e-5)
+    assert rounds < len(curve)
+
+
+def test_xgb_rounds_fixed_from_1000_samples_or_as_given() -> None:
+    from socmap.models.trees import AUTO_ROUNDS_BELOW, XGBoostModel
+
+    x, y = _noisy_set(AUTO_ROUNDS_BELOW)
+    big = XGBoostModel({"max_depth": 2}, n_jobs=1)
+    info = big.fit(fit_data(x, y, np.arange(AUTO_ROUNDS_BELOW)))
+    assert info.schedule == {"n_estimators": 400.0}
+    assert big.estimator.get_booster().num_boosted_rounds() == 400
+    forced = XGBoostModel({"max_depth": 2, "n_estimators": "auto"}, n_jobs=1)
+    info = forced.fit(fit_data(x, y, np.arange(AUTO_ROUNDS_BELOW)))
+    assert info.schedule["rounds_by_inner_cv"] == 1.0
+    assert forced.estimator.get_booster().num_boosted_rounds() == info.schedule["n_estimators"] < 400
+    small = XGBoostModel({"n_estimators": 7}, n_jobs=1)
+    small.fit(fit_data(x[:100], y[:100], np.arange(100)))
+    assert small.estimator.get_booster().num_boosted_rounds() == 7
+    for bad in ("abc", 0, True, 2.5):
+        with pytest.raises(
+            InputError, match=r"models\.xgb\.n_estimators .*expected a whole number .* or auto"
+        ):
+            XGBoostModel({"n_estimators": bad})
+
+
+def test_xgb_rounds_at_too_few_places_fall_back_with_a_warning() -> None:
+    from socmap.models.trees import XGBoostModel
+
+    x, y = _noisy_set(60)
+    data = fit_data(x, y, np.arange(60))
+    assert data.coords is not None
+    data.coords[:] = data.coords[np.arange(60) % 3]  # three places: no 5 folds
+    model = XGBoostModel({"max_depth": 2}, n_jobs=1)
+    info = model.fit(data)
+    assert info.schedule == {"n_estimators": 400.0, "rounds_by_inner_cv": 0.0}
+    assert len(info.warnings) == 1 and "too few places for 5-fold inner CV" in info.warnings[0]
+    assert model.estimator.get_booster().num_boosted_rounds() == 400
