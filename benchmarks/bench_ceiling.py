@@ -26,7 +26,7 @@ TARGET_SHARE = 0.97
 
 
 def _train(
-    data: Path, run_dir: Path, kind: str, runs: int, extra: dict[str, str]
+    data: Path, run_dir: Path, kind: str, runs: int, extra: dict[str, object]
 ) -> tuple[float, float, float]:
     """(R² of the selected run, R² of the mean of the runs, ceiling) on the test rows of one ``socmap train``."""
     from socmap.train import train
@@ -47,7 +47,7 @@ def run(
     work: Path,
     kinds: list[str] | None = None,
     runs: int = 1,
-    extra: dict[str, str] | None = None,
+    extra: dict[str, object] | None = None,
     locations: int = DEFAULT_LOCATIONS,
 ) -> list[Row]:
     """Synthesize (once), train every kind, return the rows; ``locations`` other than the default synthesize
@@ -61,7 +61,9 @@ def run(
     if not (data / "truth.json").is_file():
         synthesize(data, n_locations=locations, overwrite=True)
     rows: list[Row] = []
-    tag = "".join(f"-{k}={v}" for k, v in (extra or {}).items())
+    tag = "".join(
+        f"-{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in (extra or {}).items()
+    )
     for kind in kinds or KINDS:
         started = time.perf_counter()
         best, mean, ceiling = _train(data, work / f"run-{kind}{tag}", kind, runs, extra or {})
@@ -94,5 +96,7 @@ if __name__ == "__main__":
     )
     parser.add_argument("--set", nargs="*", default=[], help="config overrides key=value")
     args = parser.parse_args()
-    overrides = dict(item.split("=", 1) for item in args.set)
+    from socmap.config import parse_override
+
+    overrides = dict(parse_override(item) for item in args.set)  # values read as YAML, as `socmap --set`
     print_table(run(args.work, args.kinds.split(","), args.runs, overrides, args.locations))

@@ -465,3 +465,79 @@ def test_deep_models_read_categorical_bands_as_one_hot_classes(tmp_path: Path) -
         assert np.isfinite(model.predict(unseen)).all()
     with pytest.warns(UnseenCategoryWarning, match="mapped as nodata"):
         assert np.isnan(model.for_inference().predict(unseen)).all()
+
+
+# ------------------------------------------------------------------------------------------- relief channels
+class _Inputs(torch.nn.Module):
+    """Returns what it is given (to read what a wrapper feeds the network)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def test_relief_channels_are_each_pixel_minus_its_window_mean() -> None:
+    from socmap.models.networks import ReliefInput
+
+    x = np.random.default_rng(1).normal(size=(4, 3, 5, 5, 2)).astype(np.float32)
+    out = ReliefInput(_Inputs(), [2, 0], [0.5, 2.0])(torch.from_numpy(x)).numpy()
+    assert out.shape == (4, 5, 5, 5, 2)
+    np.testing.assert_array_equal(out[:, :3], x)
+    for k, (ch, scale) in enumerate([(2, 0.5), (0, 2.0)]):
+        expected = (x[:, ch] - x[:, ch].mean(axis=(1, 2), keepdims=True)) / scale
+        np.testing.assert_allclose(out[:, 3 + k], expected, atol=1e-6)
+    with pytest.raises(InputError, match="one positive scale each"):
+        ReliefInput(_Inputs(), [0], [0.0])
+
+
+def test_relief_bands_are_read_by_the_network_and_saved(tmp_path: Path) -> None:
+    from socmap.models.networks import ReliefInput
+
+    data = _data(100)
+    model = _model(relief_bands=["b"], use_validation=False, max_steps=20, min_steps=5)
+    model.fit(data)
+    # the scale: root mean square of (pixel - window mean) of band b, standardised per step over the windows
+    b = data.windows[:, 1].astype(np.float64)  # [n, 5, 5, 3]
+    z = (b - b.mean(axis=(0, 1, 2))) / b.std(axis=(0, 1, 2))
+    expected = np.sqrt(np.mean((z - z.mean(axis=(1, 2), keepdims=True)) ** 2))
+    relief = model.net_spec["relief"]
+    assert relief["bands"] == ["b"] and relief["channels"] == [1]
+    assert relief["scales"] == pytest.approx([expected], rel=1e-6)
+    assert isinstance(model.net, ReliefInput) and model.net.channels.tolist() == [1]
+    assert model.net.net.cnn[0].in_channels == 3  # two bands + one relief channel
+    save_model(model, tmp_path)
+    loaded = load_model(tmp_path)
+    x = _data(30, seed=9).windows
+    np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
+    mapping = loaded.for_inference()  # the map's traced, frozen graph, kept only if it matches the network
+    assert isinstance(mapping, DeepModel) and isinstance(mapping.net, torch.jit.ScriptModule)
+    assert mapping.predict(x) == pytest.approx(model.predict(x), rel=1e-4)
+    with pytest.raises(
+        InputError, match=r"train\.relief_bands: 'z' is not a band of the data; expected among a, b"
+    ):
+        _model(relief_bands=["z"], use_validation=False).fit(data)
+
+
+def test_relief_of_a_band_beside_one_hot_classes_reads_that_band() -> None:
+    from socmap.models.deep import _build_one
+    from socmap.models.networks import CategoricalInput, ReliefInput
+
+    cat = {"num_channels": 3, "channels": [1], "codes": [[0.0, 1.0]]}  # raw band 1 -> two class channels
+    spec = {
+        "name": "cnn_lstm",
+        "kwargs": {"num_channels": 3, "lstm_input_size": 8, "lstm_hidden_size": 8, "static_channels": [2]},
+        "categorical": cat,
+        "relief": {"bands": ["c"], "channels": [2], "scales": [1.0]},
+    }
+    net = _build_one(spec)
+    assert isinstance(net, CategoricalInput) and isinstance(net.net, ReliefInput)
+    assert net.net.channels.tolist() == [1]  # raw band 2 is the second kept band; the classes follow
+    inner = net.net.net
+    assert inner.cnn[0].in_channels == 5  # kept 0, 2; classes of band 1; relief of band 2
+    assert inner.static.tolist() == [1, 4]  # band 2 and its relief are static
+    seen: list[torch.Tensor] = []
+    inner.register_forward_hook(lambda _m, args, _out: seen.append(args[0]))
+    x = torch.randn(2, 3, 5, 5, 4)
+    x[:, 1] = 1.0  # class code 0 after the normaliser's shift
+    net.eval()(x)
+    expected = x[:, 2] - x[:, 2].mean(dim=(1, 2), keepdim=True)
+    torch.testing.assert_close(seen[0][:, 4], expected)

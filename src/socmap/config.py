@@ -303,6 +303,13 @@ class TrainConfig(_Section):
     input_noise: float = Field(
         0.0, ge=0, description="Sd of Gaussian noise added to the normalised inputs while training (0: off)."
     )
+    relief_bands: list[str] = Field(
+        [],
+        description="Deep models: bands whose local relief (every pixel minus its window's mean, e.g. a "
+        "topographic position index of elevation) the network also reads as a channel of its own. Off by "
+        "default: it closed synthetic Bavaria's gap (its truth has a window TPI term) but lowered Edgeroi and "
+        "Macedonia (docs/benchmarks.md); check it with socmap cv.",
+    )
     back_transform: Literal["mean", "median"] = Field(
         "mean",
         description="target_transform log: predict the mean (a ratio factor from the early-stopping rows / "

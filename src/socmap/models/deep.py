@@ -39,6 +39,7 @@ from socmap.models.features import MAX_CATEGORIES, unseen_classes
 from socmap.models.networks import (
     CategoricalInput,
     RefittedCovLSTM,
+    ReliefInput,
     build_network,
     check_network_options,
     network_options,
@@ -63,6 +64,8 @@ WEIGHTS_FILE = "model.pt"
 MEMBER_FILE = "member.pt"  # one network of a seed ensemble fitted as its own task (fit_member)
 Z95 = 1.6448536269514722  # standard normal 95% quantile
 MEMBER_SEED_STRIDE = 1_000_003  # member i of a fit with seed s uses seed s + i * stride
+RELIEF_ROWS = 4096  # training windows the relief channels' scales are measured on (a random subset above it)
+RELIEF_MIN_SCALE = 1e-6
 
 
 def auto_seed_models(n_train: int) -> int:
@@ -124,17 +127,33 @@ def _one_hot_static(n_raw: int, cat: dict[str, Any], static: set[int]) -> list[i
 
 
 def _build_one(spec: dict[str, Any]) -> torch.nn.Module:
-    """One network of a spec, behind one-hot channels when the data have categorical bands."""
-    cat = spec.get("categorical")
-    if not cat:
-        return build_network(spec["name"], **spec["kwargs"])
+    """One network of a spec, behind local-relief channels (:class:`ReliefInput`) and one-hot channels
+    (:class:`CategoricalInput`) when the spec has them: raw bands -> one-hot -> relief appended -> network."""
+    cat, relief = spec.get("categorical"), spec.get("relief")
     kwargs = dict(spec["kwargs"])
-    n_raw = int(cat["num_channels"])
-    kwargs["num_channels"] = n_raw - len(cat["channels"]) + sum(len(c) for c in cat["codes"])
-    if "static_channels" in kwargs:  # raw channel indices -> the one-hot network's (kept bands, then classes)
-        kwargs["static_channels"] = _one_hot_static(n_raw, cat, set(kwargs["static_channels"]))
+    n_raw = int(kwargs["num_channels"])
+    static = set(kwargs.get("static_channels", []))
+    categorical = set(cat["channels"]) if cat else set()
+    if cat:
+        kwargs["num_channels"] = n_raw - len(categorical) + sum(len(c) for c in cat["codes"])
+        if (
+            "static_channels" in kwargs
+        ):  # raw channel indices -> the one-hot network's (kept bands, then classes)
+            kwargs["static_channels"] = _one_hot_static(n_raw, cat, static)
+    if relief:  # a raw band's place among the kept bands (one-hot classes follow them), relief channels last
+        kept = [c for c in range(n_raw) if c not in categorical]
+        width = int(kwargs["num_channels"])
+        kwargs["num_channels"] = width + len(relief["channels"])
+        if "static_channels" in kwargs:
+            extra = [width + i for i, c in enumerate(relief["channels"]) if c in static]
+            kwargs["static_channels"] = [*kwargs["static_channels"], *extra]
     net = build_network(spec["name"], **kwargs)
-    return CategoricalInput(net, n_raw, list(cat["channels"]), [list(c) for c in cat["codes"]])
+    if relief:
+        positions = [kept.index(int(c)) for c in relief["channels"]]
+        net = ReliefInput(net, positions, [float(v) for v in relief["scales"]])
+    if cat:
+        net = CategoricalInput(net, n_raw, list(cat["channels"]), [list(c) for c in cat["codes"]])
+    return net
 
 
 def _build(spec: dict[str, Any]) -> torch.nn.Module:
@@ -277,7 +296,33 @@ class DeepModel(SocModel):
             names = data.inputs.bands
             codes = [_class_codes(data.windows, first.train, ch, names[ch]) for ch in channels]
             self.net_spec["categorical"] = {"num_channels": len(names), "channels": channels, "codes": codes}
+        if self.train_cfg.relief_bands:
+            self.net_spec["relief"] = self._relief(data, first.train)
         return first
+
+    def _relief(self, data: FitData, rows: NDArray[np.int64]) -> dict[str, Any]:
+        """``train.relief_bands`` as channels, each with the root mean square of its pixels' difference from
+        their window's mean over (at most ``RELIEF_ROWS`` of) the training windows, normalised."""
+        assert self.normalizer is not None
+        names = list(data.inputs.bands)
+        channels: list[int] = []
+        for band in dict.fromkeys(self.train_cfg.relief_bands):
+            if band not in names:
+                raise InputError(
+                    f"train.relief_bands: {band!r} is not a band of the data; expected among {', '.join(names)}"
+                )
+            if names.index(band) in data.inputs.categorical_channels:
+                raise InputError(
+                    f"train.relief_bands: {band} is a categorical band (covariates.categorical); relief needs "
+                    "numbers"
+                )
+            channels.append(names.index(band))
+        if rows.size > RELIEF_ROWS:
+            rows = np.sort(np.random.default_rng(data.seed).choice(rows, RELIEF_ROWS, replace=False))
+        windows = self.normalizer.transform(read_rows(data.windows, rows))[:, channels].astype(np.float64)
+        rms = np.sqrt(np.mean((windows - windows.mean(axis=(2, 3), keepdims=True)) ** 2, axis=(0, 2, 3, 4)))
+        scales = [float(v) if v > RELIEF_MIN_SCALE else 1.0 for v in rms]  # no relief (flat band): unscaled
+        return {"bands": [names[c] for c in channels], "channels": channels, "scales": scales}
 
     def _fit_member(self, member: FitData, source: DeepModel | None) -> tuple[torch.nn.Module, FitInfo]:
         """One network on one member's rows, from the source's weights when fine-tuning."""
@@ -648,16 +693,22 @@ class DeepModel(SocModel):
 class CnnLstmModel(DeepModel):
     """The seed project's CNN-LSTM (``RefittedCovLSTM``; ``train.bidirectional`` for a bidirectional LSTM)."""
 
+    kind: ClassVar[str] = "cnn_lstm"  # also set by the registry (socmap.models.zoo)
+
     network: ClassVar[str] = "cnn_lstm"
 
 
 class TransformerModel(DeepModel):
     """A temporal transformer over per-step CNN features (:class:`~socmap.models.networks.TemporalTransformer`)."""
 
+    kind: ClassVar[str] = "transformer"  # also set by the registry (socmap.models.zoo)
+
     network: ClassVar[str] = "transformer"
 
 
 class Cnn3dModel(DeepModel):
     """A 3D CNN over time, height and width (:class:`~socmap.models.networks.Cnn3d`)."""
+
+    kind: ClassVar[str] = "cnn3d"  # also set by the registry (socmap.models.zoo)
 
     network: ClassVar[str] = "cnn3d"

@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -89,6 +89,8 @@ def stacking_weights(predictions: FloatArray, target: FloatArray) -> FloatArray:
 
 class EnsembleModel(SocModel):
     """Members of several kinds and their blend weights."""
+
+    kind: ClassVar[str] = "ensemble"  # also set by the registry (socmap.models.zoo)
 
     def __init__(self, options: EnsembleOptions | None = None, factory: MemberFactory | None = None) -> None:
         self.options = options or EnsembleOptions()

@@ -32,6 +32,7 @@ __all__ = [
     "FullPrecisionLinear",
     "PooledConv2d",
     "RefittedCovLSTM",
+    "ReliefInput",
     "TemporalTransformer",
     "auto_lstm_width",
     "build_network",
@@ -437,6 +438,37 @@ class CategoricalInput(nn.Module):
             codes = getattr(self, f"codes_{i}").to(x.dtype).view(1, -1, 1, 1, 1)
             parts.append((x[:, ch : ch + 1] == codes).to(x.dtype))
         return self.net(torch.cat(parts, dim=1))
+
+
+class ReliefInput(nn.Module):
+    """Local-relief channels in front of a network: for each of ``channels`` (indices of the wrapped network's
+    input) the pixels minus their window's mean at every step, divided by ``scales`` (the root mean square of
+    that difference over the training windows), appended after the input's channels.
+
+    Why: a topographic position index (centre minus window mean of elevation) is a small difference on top of
+    a large level; the CNN's 3x3 convolution, ReLU and max-pool blur where in the window a value lies, and on
+    synthetic Bavaria, whose truth has such a term, the CNN-LSTM did not learn it from elevation alone
+    (docs/benchmarks.md). Trees get the same information as ``{band}_centre_minus_wmean``.
+    """
+
+    channels: torch.Tensor
+    scales: torch.Tensor
+
+    def __init__(self, net: nn.Module, channels: list[int], scales: list[float]) -> None:
+        super().__init__()
+        if len(channels) != len(scales) or any(s <= 0 for s in scales):
+            raise InputError(f"relief channels {channels} need one positive scale each, got {scales}")
+        self.net = net
+        self.register_buffer("channels", torch.tensor(channels, dtype=torch.long))
+        self.register_buffer("scales", torch.tensor(scales, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [batch, bands, height, width, time] -> the wrapped network's output."""
+        picked = x.index_select(1, self.channels)
+        relief = (picked - picked.mean(dim=(2, 3), keepdim=True)) / self.scales.to(x.dtype).view(
+            1, -1, 1, 1, 1
+        )
+        return self.net(torch.cat([x, relief], dim=1))
 
 
 NETWORKS: dict[str, type[nn.Module]] = {

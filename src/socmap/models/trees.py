@@ -371,6 +371,8 @@ def _skops_load(path: Path) -> Any:
 class ForestModel(FeatureModel):
     """Random forest (scikit-learn), R randomForest's regression defaults: mtry p/3, nodesize 5, 300 trees."""
 
+    kind: ClassVar[str] = "rf"  # also set by the registry (socmap.models.zoo)
+
     defaults: ClassVar[dict[str, Any]] = {"n_estimators": 300, "max_features": 1 / 3, "min_samples_leaf": 5}
 
     def build(self, seed: int) -> Any:
@@ -394,6 +396,8 @@ class ForestModel(FeatureModel):
 class QuantileForestModel(ForestModel):
     """Quantile regression forest (quantile-forest, Meinshausen 2006): the point prediction is the conditional
     mean (comparable to rf); any quantile from the training values kept in the leaves."""
+
+    kind: ClassVar[str] = "qrf"  # also set by the registry (socmap.models.zoo)
 
     defaults: ClassVar[dict[str, Any]] = ForestModel.defaults | {
         "max_samples_leaf": None,
@@ -464,6 +468,8 @@ class XGBoostModel(FeatureModel):
     subsets), while on Macedonia (2,900-3,100 training rows) they were level (blocks) or 0.02 lower (published
     split), hence a rule by size. A number given in the config is used as given.
     """
+
+    kind: ClassVar[str] = "xgb"  # also set by the registry (socmap.models.zoo)
 
     defaults: ClassVar[dict[str, Any]] = {
         "n_estimators": 400,
@@ -585,6 +591,8 @@ class XGBoostModel(FeatureModel):
 class LinearModel(FeatureModel):
     """Ridge regression (MLR with a small penalty chosen by efficient leave-one-out CV) on standardised window
     features: the DSM textbooks' linear baseline. Coefficients travel in ``model.json``."""
+
+    kind: ClassVar[str] = "linear"  # also set by the registry (socmap.models.zoo)
 
     defaults: ClassVar[dict[str, Any]] = {"alphas": [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0]}
 
