@@ -136,9 +136,8 @@ def _build_one(spec: dict[str, Any]) -> torch.nn.Module:
     categorical = set(cat["channels"]) if cat else set()
     if cat:
         kwargs["num_channels"] = n_raw - len(categorical) + sum(len(c) for c in cat["codes"])
-        if (
-            "static_channels" in kwargs
-        ):  # raw channel indices -> the one-hot network's (kept bands, then classes)
+        # raw channel indices -> the one-hot network's (kept bands, then classes)
+        if "static_channels" in kwargs:
             kwargs["static_channels"] = _one_hot_static(n_raw, cat, static)
     if relief:  # a raw band's place among the kept bands (one-hot classes follow them), relief channels last
         kept = [c for c in range(n_raw) if c not in categorical]

@@ -527,7 +527,8 @@ class XGBoostModel(FeatureModel):
         if folds is None:
             warnings.append(
                 f"xgb: {data.train.size} training samples at too few places for {ROUNDS_FOLDS}-fold inner CV of "
-                f"the boosting rounds; used {self.defaults['n_estimators']} (set models.xgb.n_estimators)"
+                f"the boosting rounds (or without coordinates); used {self.defaults['n_estimators']} (set "
+                "models.xgb.n_estimators)"
             )
             return int(self.defaults["n_estimators"]), False
         estimator = self.build(data.seed)
