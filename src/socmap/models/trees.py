@@ -506,9 +506,8 @@ class XGBoostModel(FeatureModel):
         """The estimator with its boosting rounds: as configured, 400, or chosen by inner CV (see the class)."""
         given = self.params.get("n_estimators")
         if given not in (None, "auto") or (given is None and data.train.size >= AUTO_ROUNDS_BELOW):
-            return self.build(data.seed), FitInfo(
-                schedule={"n_estimators": float(self.build(0).n_estimators)}
-            )
+            estimator = self.build(data.seed)
+            return estimator, FitInfo(schedule={"n_estimators": float(estimator.n_estimators)})
         info = FitInfo()
         rounds, how = self.inner_cv_rounds(x, z, data, info.warnings)
         info.schedule = {"n_estimators": float(rounds), "rounds_by_inner_cv": float(how)}
